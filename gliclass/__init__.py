@@ -1,0 +1,20 @@
+"""GLiClass: zero-shot and few-shot text classification with a label-conditioned encoder."""
+
+from transformers import AutoConfig, AutoModel
+
+from gliclass.config import GLiClassConfig
+from gliclass.modeling import GLiClassModel, GLiClassOutput, build_model, resolve_backbone
+from gliclass.processing import GLiClassProcessor, LabelBudgetError
+
+AutoConfig.register("GLiClass", GLiClassConfig, exist_ok=True)
+AutoModel.register(GLiClassConfig, GLiClassModel, exist_ok=True)
+
+__all__ = [
+    "GLiClassConfig",
+    "GLiClassModel",
+    "GLiClassOutput",
+    "GLiClassProcessor",
+    "LabelBudgetError",
+    "build_model",
+    "resolve_backbone",
+]

