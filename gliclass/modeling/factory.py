@@ -23,8 +23,8 @@ def resolve_backbone(name: str) -> str:
 
 
 def build_model(
-    backbone: str,
-    tokenizer: PreTrainedTokenizerBase | None = None,
+    backbone: str | dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase | str | None = None,
     label_backbone: str | None = None,
     pretrained: bool = True,
     max_length: int = 1024,
@@ -32,9 +32,15 @@ def build_model(
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A GLiClass model whose backbone(s) carry `backbone`'s pretrained weights and a freshly initialised head.
 
+    `backbone` is a name/path, or a dict backbone config (`{"model_type": "deberta-v2", "hidden_size": 32, ...}`)
+    for a randomly initialised backbone (tests, tiny configs); then `tokenizer` defaults to the offline MiniLM one.
     `<<LABEL>>`, `<<SEP>>` and `<<EXAMPLE>>` are added to the tokenizer and the embedding table grows to match.
     """
+    if isinstance(backbone, dict):
+        return _build_random(backbone, tokenizer, label_backbone, max_length, **config_kwargs)
     backbone = resolve_backbone(backbone)
+    if isinstance(tokenizer, str):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer))
     tokenizer = tokenizer or AutoTokenizer.from_pretrained(backbone)
     class_id, sep_id, example_id = add_special_tokens(tokenizer)
     arch = config_kwargs.get("architecture_type", "uni-encoder")
@@ -62,6 +68,50 @@ def build_model(
         if pretrained:
             model.model.label_encoder.load_state_dict(AutoModel.from_pretrained(config.label_model_name).state_dict())
     return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
+
+
+def _build_random(
+    backbone: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase | str | None,
+    label_backbone: dict[str, Any] | None,
+    max_length: int,
+    **config_kwargs: Any,
+) -> tuple[GLiClassModel, GLiClassProcessor]:
+    tokenizer = tokenizer or "minilm"
+    if isinstance(tokenizer, str):
+        tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer))
+    class_id, sep_id, example_id = add_special_tokens(tokenizer)
+    spec = {**_token_ids(tokenizer), **backbone}
+    encoder_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    label_tokenizer = None
+    if config_kwargs.get("architecture_type") in ("bi-encoder", "bi-encoder-fused"):
+        label_spec = {**_token_ids(tokenizer), **(label_backbone or backbone)}
+        config_kwargs.setdefault("label_model_config", AutoConfig.for_model(label_spec.pop("model_type"), **label_spec))
+        label_tokenizer = tokenizer
+    config = GLiClassConfig(
+        encoder_config=encoder_config,
+        vocab_size=max(len(tokenizer), encoder_config.vocab_size),
+        class_token_index=class_id,
+        text_token_index=sep_id,
+        example_token_index=example_id,
+        **config_kwargs,
+    )
+    model = GLiClassModel(config)
+    return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
+    """Special-token ids for a random backbone config, so they index into the tokenizer's vocabulary."""
+    ids = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+    }
+    return {key: value for key, value in ids.items() if value is not None}
 
 
 def _load_backbone(model: GLiClassModel, path: str, config: GLiClassConfig) -> None:

@@ -1,0 +1,72 @@
+"""Shared test fixtures: tiny random backbones on a 260-word vocabulary, so model tests run in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertTokenizer
+
+from gliclass import build_model
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_VOCAB = FIXTURES / "tiny_vocab.txt"
+SHARED_DATA = Path(os.environ.get("GLICLASS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+TINY_BACKBONES = {
+    "bert": dict(
+        model_type="bert",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    ),
+    "deberta": dict(
+        model_type="deberta-v2",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+    ),
+    "modernbert": dict(
+        model_type="modernbert",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    ),
+    "t5": dict(model_type="t5", d_model=32, num_layers=2, num_heads=2, d_ff=64, d_kv=16),
+}
+
+
+def tiny_tokenizer() -> BertTokenizer:
+    return BertTokenizer(vocab=str(TINY_VOCAB))
+
+
+def tiny_model(backbone: str = "bert", seed: int = 0, initializer_range: float = 0.3, **config):
+    """A tiny random GLiClass model + processor; a larger init range than the default keeps logits informative."""
+    torch.manual_seed(seed)
+    arch = config.get("architecture_type", "uni-encoder")
+    if arch == "encoder-decoder":
+        backbone = "t5"
+    model, processor = build_model(
+        TINY_BACKBONES[backbone], tokenizer=tiny_tokenizer(), initializer_range=initializer_range, **config
+    )
+    return model.eval(), processor
+
+
+@pytest.fixture
+def make_tiny():
+    return tiny_model
+
+
+def pytest_configure(config):
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
