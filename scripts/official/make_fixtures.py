@@ -122,16 +122,24 @@ _add(
 )
 _add("uni_bert_first_simple_normalize", normalize_features=True, note="L2-normalised features, logits * logit_scale")
 _add("uni_bert_first_simple_prompt_first", prompt_first=True, prompt=PROMPT, note="labels block + prompt, then text")
-_add("uni_bert_first_simple_prompt", prompt=PROMPT, note="prompt_first False with a prompt: text + labels + prompt")
 _add("uni_bert_first_simple_lstm", use_lstm=True)
-_add("uni_bert_first_simple_class_avg", class_token_pooling="average")
+_add(
+    "uni_bert_first_simple_class_avg_prompt",
+    class_token_pooling="average",
+    prompt=PROMPT,
+    note="label vector = mean of its span; the last label's span runs on over <<SEP>>, the prompt and the final [SEP]",
+)
 _add("uni_bert_first_simple_no_embed_class", embed_class_token=False, note="label vector = state after <<LABEL>>")
-_add("uni_bert_first_simple_segments", use_segment_embeddings=True)
+_add(
+    "uni_bert_first_simple_segments",
+    use_segment_embeddings=True,
+    note="segment 0 before the first <<SEP>>, 1 from it to the end (padding included)",
+)
 _add(
     "uni_bert_first_simple_segments_examples",
     use_segment_embeddings=True,
     examples=EXAMPLES,
-    note="segment ids with few-shot examples (official uses argmin for the <<EXAMPLE>> position)",
+    note="official _create_segment_ids takes argmin of the <<EXAMPLE>> mask, so with examples every token gets segment 2",
 )
 _add(
     "uni_bert_avg_simple_extract_text",
@@ -140,13 +148,25 @@ _add(
     prompt_first=True,
     note="text states gathered from the first <<SEP>> to the end, zero-filled; avg pooling divides by full L",
 )
-_add("uni_bert_first_simple_examples", examples=EXAMPLES, prompt=PROMPT, note="few-shot examples after the text")
-_add("uni_bert_first_mlp_ragged", scorer_type="mlp", labels="ragged", note="different label lists per text")
+_add(
+    "uni_bert_first_simple_examples_prompt_ragged",
+    examples=EXAMPLES,
+    prompt=PROMPT,
+    labels="ragged",
+    note="processing features together: prompt and few-shot examples after the labels block, and a different label "
+    "list per text (same_labels=False, padded label slots in the batch)",
+)
 _add("uni_deberta_first_simple", backbone="deberta-v2")
 _add("uni_modernbert_first_simple", backbone="modernbert")
 _add("bi_bert_first_simple", arch="bi-encoder", backbone="bert", pooling_strategy="first")
-_add("bi_bert_avg_simple", arch="bi-encoder", backbone="bert", pooling_strategy="avg")
-_add("bi_bert_first_simple_prompt", arch="bi-encoder", backbone="bert", prompt=PROMPT, note="text = prompt + ' ' + text")
+_add(
+    "bi_bert_avg_simple_prompt",
+    arch="bi-encoder",
+    backbone="bert",
+    pooling_strategy="avg",
+    prompt=PROMPT,
+    note="text = prompt + ' ' + text; avg pooling (unmasked) also pools the label encoder's padded label tokens",
+)
 _add("bifused_bert_first_simple", arch="bi-encoder-fused", backbone="bert", pooling_strategy="first")
 _add("encdec_t5_first_simple", arch="encoder-decoder", backbone="t5", pooling_strategy="first")
 
@@ -378,8 +398,33 @@ def config_essentials(config) -> dict:
     return ess
 
 
+def _is_flat(obj) -> bool:
+    """Scalars, lists of scalars and lists of lists of scalars go on one line."""
+    if isinstance(obj, dict):
+        return False
+    if isinstance(obj, list):
+        return all(not isinstance(x, (dict, list)) or (isinstance(x, list) and _is_flat(x) and
+                   all(not isinstance(y, (dict, list)) for y in x)) for x in obj)  # fmt: skip
+    return True
+
+
+def _format_json(obj, indent: int = 0) -> str:
+    pad, inner = " " * indent, " " * (indent + 1)
+    if _is_flat(obj):
+        return json.dumps(obj, ensure_ascii=False)
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(k, ensure_ascii=False)}: {_format_json(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    items = [inner + _format_json(v, indent + 1) for v in obj]
+    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+
+
 def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    text = _format_json(obj)
+    assert json.loads(text) == json.loads(json.dumps(obj))
+    path.write_text(text + "\n")
 
 
 def max_abs_diff_rows(a_rows, b_rows, widths):
@@ -650,7 +695,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hidden-size", type=int, default=16)
     ap.add_argument("--num-layers", type=int, default=2)
     ap.add_argument("--num-heads", type=int, default=2)
-    ap.add_argument("--intermediate-size", type=int, default=64)
+    ap.add_argument("--intermediate-size", type=int, default=32)
     ap.add_argument("--max-positions", type=int, default=128)
     ap.add_argument("--roundtrip", nargs="+", metavar="DIR", help="checkpoints saved by our package to load officially")
     ap.add_argument("--out", default="roundtrip.json", help="--roundtrip report path")
