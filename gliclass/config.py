@@ -155,6 +155,11 @@ class GLiClassConfig(PretrainedConfig):
             raise ValueError("scorer_type='cross-attn' attends over text tokens: it needs pooling_strategy='pass'")
         if self.pooling_strategy == "pass" and self.scorer_type != "cross-attn":
             raise ValueError("pooling_strategy='pass' keeps all text tokens: only scorer_type='cross-attn' uses them")
+        if self.architecture_type in ("bi-encoder", "bi-encoder-fused") and self.pooling_strategy == "pass":
+            raise ValueError(
+                f"pooling_strategy='pass' (scorer_type='cross-attn') is not supported with architecture_type="
+                f"{self.architecture_type!r}: its label encoder needs a pooling that gives one vector per label"
+            )
         if self.architecture_type in ("bi-encoder", "bi-encoder-fused") and self.label_model_config is None:
             raise ValueError(
                 f"architecture_type={self.architecture_type!r} needs label_model_config or label_model_name"

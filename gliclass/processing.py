@@ -143,18 +143,18 @@ class GLiClassProcessor:
         local = os.path.join(path, LABEL_TOKENIZER_DIR)
         if os.path.isdir(local):
             return AutoTokenizer.from_pretrained(local)
+        # Same backbone family and base vocabulary: the text tokenizer gives the label encoder's ids (labels never
+        # contain the added GLiClass tokens), so no download is needed.
+        added = sum(token in tokenizer.get_vocab() for token in SPECIAL_TOKENS)
+        label_config = config.label_model_config
+        if label_config.model_type == config.encoder_config.model_type and label_config.vocab_size in (
+            len(tokenizer),
+            len(tokenizer) - added,
+        ):
+            return tokenizer
         if config.label_model_name:
-            try:
-                return AutoTokenizer.from_pretrained(config.label_model_name)
-            except OSError:
-                pass
-        same_backbone = config.label_model_config.model_type == config.encoder_config.model_type
-        if same_backbone and config.label_model_config.vocab_size == config.encoder_config.vocab_size:
-            return tokenizer  # the label encoder shares the text vocabulary; added tokens never occur in labels
-        raise OSError(
-            f"no tokenizer for the label encoder: {local} does not exist and label_model_name="
-            f"{config.label_model_name!r} cannot be loaded"
-        )
+            return AutoTokenizer.from_pretrained(config.label_model_name)
+        raise OSError(f"no tokenizer for the label encoder: {local} does not exist and label_model_name is unset")
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         path = str(path)
@@ -235,6 +235,8 @@ class GLiClassProcessor:
     ) -> list[dict[str, Any]]:
         if len(labels) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
+        if len(texts) == 0:
+            raise ValueError("got no texts: a batch needs at least one example")
         prompts = list(prompts) if prompts is not None else [None] * len(texts)
         examples = list(examples) if examples is not None else [None] * len(texts)
         if not (len(prompts) == len(examples) == len(texts)):
@@ -273,6 +275,8 @@ class GLiClassProcessor:
     # ----------------------------------------------------------------- batching
     def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Right-pad a list of `encode` outputs into tensors, with `labels_mask` [B, C]."""
+        if not items:
+            raise ValueError("collate needs at least one example (got an empty batch)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         batch = _pad_2d([it["input_ids"] for it in items], pad)
         counts = torch.tensor([it["num_labels"] for it in items])

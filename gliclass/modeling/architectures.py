@@ -100,9 +100,14 @@ class GLiClassBase(nn.Module):
         return self.normalize(self.dropout(self.text_projector(self.pooler(states, mask))))
 
     def score(
-        self, text: torch.Tensor, classes: torch.Tensor, text_mask: torch.Tensor, always_scale: bool
+        self,
+        text: torch.Tensor,
+        classes: torch.Tensor,
+        text_mask: torch.Tensor,
+        always_scale: bool,
+        labels_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        logits = self.scorer(text, classes, text_mask=text_mask)
+        logits = self.scorer(text, classes, text_mask=text_mask, labels_mask=labels_mask)
         if always_scale or self.config.normalize_features:
             logits = logits * self.logit_scale
         return logits
@@ -165,7 +170,7 @@ class UniEncoder(GLiClassBase):
             text_states, text_mask = self._text_after_sep(states, input_ids, attention_mask)
         text = self.pool_text(text_states, text_mask)
         classes = self.normalize(self.classes_projector(classes))
-        logits = self.score(text, classes, text_mask, always_scale=False)
+        logits = self.score(text, classes, text_mask, always_scale=False, labels_mask=labels_mask)
         return GLiClassOutput(logits, labels_mask, text, classes, states, attention_mask)
 
     def _text_after_sep(
@@ -236,7 +241,7 @@ class BiEncoder(GLiClassBase):
         classes = self.gather_labels(labels_mask, class_input_ids, class_attention_mask, class_embeddings)
         states = self.encoder_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         text = self.pool_text(states, attention_mask)
-        logits = self.score(text, classes, attention_mask, always_scale=True)
+        logits = self.score(text, classes, attention_mask, always_scale=True, labels_mask=labels_mask)
         return GLiClassOutput(logits, labels_mask, text, classes, states, attention_mask)
 
     @staticmethod
@@ -267,7 +272,8 @@ class FusedBiEncoder(BiEncoder):
         labels_mask = self._labels_mask(labels_mask, class_input_ids, class_embeddings)
         raw = self.gather_labels(labels_mask, class_input_ids, class_attention_mask, class_embeddings)
         is_class = input_ids == self.config.class_token_index
-        if not torch.equal(is_class.sum(-1), labels_mask.sum(-1)):
+        # data-dependent check: skipped while torch.export traces (ONNX export), where it cannot be evaluated
+        if not torch.compiler.is_exporting() and not torch.equal(is_class.sum(-1), labels_mask.sum(-1)):
             raise ValueError("fused bi-encoder: the number of <<LABEL>> tokens differs from the number of labels")
         embeds = self.encoder_model.get_input_embeddings()(input_ids)
         # k-th <<LABEL>> of a row <- k-th real label of that row (both enumerate row-major)
@@ -275,7 +281,7 @@ class FusedBiEncoder(BiEncoder):
         states = self.encoder_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
         classes = class_features(self.config, states, input_ids, attention_mask, labels_mask.shape[1])
         text = self.pool_text(states, attention_mask)
-        logits = self.score(text, classes, attention_mask, always_scale=True)
+        logits = self.score(text, classes, attention_mask, always_scale=True, labels_mask=labels_mask)
         return GLiClassOutput(logits, labels_mask, text, classes, states, attention_mask)
 
 
@@ -317,7 +323,7 @@ class EncoderDecoder(GLiClassBase):
         )
         text = self.pool_text(states, attention_mask)
         classes = self.normalize(self.classes_projector(classes))
-        logits = self.score(text, classes, attention_mask, always_scale=False)
+        logits = self.score(text, classes, attention_mask, always_scale=False, labels_mask=labels_mask)
         return GLiClassOutput(logits, labels_mask, text, classes, states, attention_mask)
 
 

@@ -21,6 +21,8 @@ class GLiClassModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _keys_to_ignore_on_load_unexpected = [r"position_ids"]
+    # tied to `shared` in T5-family backbones (see tie_weights), so checkpoints store them once
+    _keys_to_ignore_on_load_missing = [r"\.(encoder|decoder)\.embed_tokens\.weight$"]
 
     def __init__(self, config: GLiClassConfig) -> None:
         super().__init__(config)
@@ -48,6 +50,18 @@ class GLiClassModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+
+    def tie_weights(self, *args, **kwargs):
+        # T5-family backbones share one embedding table; nested in our wrapper, HF's loader does not re-tie it
+        # and would leave encoder/decoder.embed_tokens randomly initialised (the official package has this bug).
+        result = super().tie_weights(*args, **kwargs)
+        shared = getattr(self.backbone, "shared", None)
+        if shared is not None:
+            for part in ("encoder", "decoder"):
+                embed = getattr(getattr(self.backbone, part, None), "embed_tokens", None)
+                if embed is not None:
+                    embed.weight = shared.weight
+        return result
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()

@@ -25,7 +25,13 @@ def _mlp(in_features: int, hidden: int, act: type[nn.Module]) -> nn.Sequential:
 class DotScorer(nn.Module):
     """s_bk = t_b . c_bk (paper eq. 1); the temperature / logit scale is applied by the architecture."""
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         return torch.einsum("bd,bcd->bc", text, labels)
 
 
@@ -36,7 +42,13 @@ class MLPScorer(nn.Module):
         super().__init__()
         self.mlp = _mlp(hidden_size * 2, MLP_SCORER_HIDDEN, nn.ReLU)
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         text = text.unsqueeze(1).expand_as(labels)
         return self.mlp(torch.cat([text, labels], dim=-1)).squeeze(-1)
 
@@ -52,7 +64,13 @@ class WeightedDotScorer(nn.Module):
             nn.Linear(hidden_size * 3, hidden_size * 4), nn.Dropout(dropout), nn.ReLU(), nn.Linear(hidden_size * 4, 1)
         )
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         text_a, text_b = self.proj_text(text).unsqueeze(1).chunk(2, dim=-1)
         label_a, label_b = self.proj_label(labels).chunk(2, dim=-1)
         features = torch.cat([text_a.expand_as(label_a), label_a, text_b * label_b], dim=-1)
@@ -70,12 +88,22 @@ class HopfieldScorer(nn.Module):
         self.mlp = _mlp(hidden_size, MLP_SCORER_HIDDEN, nn.ReLU)
         self.beta = beta
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         query = self.q_proj(labels)  # [B, C, D]
         key = self.k_proj(text)  # [B, D]
         value = self.v_proj(text)
-        # softmax over the labels (the official update), one key per text
-        attn = torch.softmax(torch.einsum("bcd,bd->bc", query, key) * self.beta, dim=1)
+        # softmax over the labels (the official update), one key per text; padded label slots take no share,
+        # so a text's scores do not depend on how many label slots its batch pads to
+        scores = torch.einsum("bcd,bd->bc", query, key) * self.beta
+        if labels_mask is not None:
+            scores = scores.masked_fill(~labels_mask.bool(), float("-inf"))
+        attn = torch.softmax(scores, dim=1).nan_to_num(0.0)
         labels = labels + attn.unsqueeze(-1) * value.unsqueeze(1)
         return self.mlp(labels).squeeze(-1)
 
@@ -102,7 +130,13 @@ class CrossAttnScorer(nn.Module):
         batch, length, dim = x.shape
         return x.view(batch, length, self.num_heads, dim // self.num_heads).transpose(1, 2)
 
-    def forward(self, text: torch.Tensor, labels: torch.Tensor, text_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        text: torch.Tensor,
+        labels: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        labels_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         if text.dim() != 3:
             raise ValueError("cross-attn scorer needs token states [B, L, D] (pooling_strategy='pass')")
         batch, num_labels, dim = labels.shape

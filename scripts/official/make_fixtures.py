@@ -38,21 +38,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 import transformers  # noqa: E402
-from torch import nn  # noqa: E402
-from transformers import BertConfig, BertTokenizer, DebertaV2Config, ModernBertConfig, T5Config  # noqa: E402
-from transformers.utils import logging as hf_logging  # noqa: E402
-
-import gliclass  # noqa: E402
-from gliclass import GLiClassModel, GLiClassModelConfig  # noqa: E402
 from gliclass.pipeline import (  # noqa: E402
     BaseZeroShotClassificationPipeline,
     BiEncoderZeroShotClassificationPipeline,
     EncoderDecoderZeroShotClassificationPipeline,
     UniEncoderZeroShotClassificationPipeline,
 )
+from torch import nn  # noqa: E402
+from transformers import BertConfig, BertTokenizer, DebertaV2Config, ModernBertConfig, T5Config  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
 
-if Path(gliclass.__file__).resolve().is_relative_to(REPO_ROOT) and ".venv-official" not in gliclass.__file__:
-    raise SystemExit(f"refusing to run: imported this repository's gliclass ({gliclass.__file__}), not the official one")
+import gliclass  # noqa: E402
+from gliclass import GLiClassModel, GLiClassModelConfig  # noqa: E402
+
+if Path(gliclass.__file__).resolve().is_relative_to(REPO_ROOT / "gliclass"):
+    raise SystemExit(
+        f"refusing to run: imported this repository's gliclass ({gliclass.__file__}), not the official one"
+    )
 
 hf_logging.set_verbosity_error()
 hf_logging.disable_progress_bar()
@@ -85,6 +87,39 @@ THRESHOLD = 0.5
 # Configs. `gliclass` holds the GLiClassModelConfig kwargs that differ from the official defaults.
 # ---------------------------------------------------------------------------------------------------------------------
 CONFIGS: list[dict] = []
+
+# Behaviour of the official package that these fixtures pin down (checked while writing this script).
+OFFICIAL_QUIRKS = [
+    "mlp and hopfield scorers ignore scorer_mlp_hidden_size (the kwarg name does not match): their MLP is always "
+    "in->256->128->1; weighted-dot uses 4*D; only cross-attn uses scorer_mlp_hidden_size",
+    "logit_scale is used raw: uni-encoder and encoder-decoder multiply by it only when normalize_features; bi-encoder "
+    "and bi-encoder-fused ALWAYS multiply by it, and set slots with labels_mask == 0 to -1e3",
+    "the text pooler is called without the attention mask: last/avg/max/sum/rms/abs_max/abs_avg depend on padding "
+    "(see batch_vs_single_max_diff); the bi-encoder label pooler is unmasked too",
+    "encoder-decoder ignores max_num_classes (it goes to the T5 forward **kwargs): logits always have "
+    "config.max_num_classes (25) slots; slots without a label all hold the same value",
+    "encoder-decoder: text -> T5 encoder; '<<LABEL>>l1...<<SEP>>[prompt]' tokenized with [CLS]/[SEP] is fed as "
+    "decoder_input_ids as is (no shift, no start token) with a 4D padding-only mask, so decoder self-attention is "
+    "bidirectional; label vectors = decoder states at <<LABEL>>, text = pooled encoder states",
+    "encoder-decoder load bug: decoder.embed_tokens is not re-tied to shared on from_pretrained (random init)",
+    "bi-encoder-fused: label encoder -> pooler -> biencoder_projector -> classes_projector (-> L2 norm) replace the "
+    "input embeddings at the <<LABEL>> positions of 'text<<LABEL>>...<<SEP>>'; the encoder outputs at those "
+    "positions are the class vectors as is (no projector after); text = pooled -> text_projector",
+    "bi-encoder: text input is the text alone (or 'prompt text'); labels are tokenized as a batch padded to the "
+    "longest label; ragged label lists crash (labels padded to max_length 1024, then torch.stack)",
+    "vocab: GLiClassModelConfig takes vocab_size from the backbone (260) so class/text/example ids are 260/261/262; "
+    "model.resize_token_embeddings(263) then sets config.vocab_size and encoder_config.vocab_size to 263 (ids stay); "
+    "the plain bi-encoder cannot resize",
+    "use_segment_embeddings: segment 0 before the first <<SEP>>, 1 from it to the end; with <<EXAMPLE>> present the "
+    "example start is found with argmin, so every token gets segment 2",
+    "class_token_pooling average: label k = mean over tokens from its <<LABEL>> to the next one; the last label runs "
+    "to the end of the sequence (<<SEP>>, prompt, examples, final [SEP]; the text too with prompt_first), padding "
+    "excluded, cut at <<SEP>> only with extract_text_features",
+    "extract_text_features: text states = states from the first <<SEP>> on, moved to position 0 and zero-filled; "
+    "avg pooling still divides by the full length",
+    "uni-encoder passes token_type_ids (from the tokenizer) through **kwargs to the backbone; use_lstm runs a packed "
+    "bidirectional LSTM (D/2 per direction) over the text states only",
+]
 
 
 def _add(name, arch="uni-encoder", backbone="bert", labels="same", prompt=None, examples=None, note="", **gli):
@@ -172,13 +207,28 @@ _add("encdec_t5_first_simple", arch="encoder-decoder", backbone="t5", pooling_st
 
 # Configs the official package is documented (or suspected) to fail on: record the exception, make no fixture.
 CRASH_CONFIGS: list[dict] = [
-    {"name": "uni_bert_squeeze_layers", "architecture_type": "uni-encoder", "backbone": "bert",
-     "gliclass": {"squeeze_layers": True}, "labels": "same"},
-    {"name": "uni_bert_encoder_layer_id_1", "architecture_type": "uni-encoder", "backbone": "bert",
-     "gliclass": {"encoder_layer_id": 1}, "labels": "same"},
-    {"name": "bi_bert_first_simple_ragged", "architecture_type": "bi-encoder", "backbone": "bert",
-     "gliclass": {"pooling_strategy": "first"}, "labels": "ragged"},
-]  # fmt: skip
+    {
+        "name": "uni_bert_squeeze_layers",
+        "architecture_type": "uni-encoder",
+        "backbone": "bert",
+        "gliclass": {"squeeze_layers": True},
+        "labels": "same",
+    },
+    {
+        "name": "uni_bert_encoder_layer_id_1",
+        "architecture_type": "uni-encoder",
+        "backbone": "bert",
+        "gliclass": {"encoder_layer_id": 1},
+        "labels": "same",
+    },
+    {
+        "name": "bi_bert_first_simple_ragged",
+        "architecture_type": "bi-encoder",
+        "backbone": "bert",
+        "gliclass": {"pooling_strategy": "first"},
+        "labels": "ragged",
+    },
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -197,7 +247,13 @@ def make_tokenizer(model_input_names=None):
 
 
 def backbone_config(kind: str, dims: dict):
-    h, layers, heads, inter, pos = dims["hidden"], dims["layers"], dims["heads"], dims["intermediate"], dims["positions"]
+    h, layers, heads, inter, pos = (
+        dims["hidden"],
+        dims["layers"],
+        dims["heads"],
+        dims["intermediate"],
+        dims["positions"],
+    )
     if kind == "bert":
         return BertConfig(
             vocab_size=260,
@@ -242,7 +298,6 @@ def backbone_config(kind: str, dims: dict):
             eos_token_id=3,
             cls_token_id=2,
             sep_token_id=3,
-            attn_implementation="eager",
         )
     if kind == "t5":
         return T5Config(
@@ -321,8 +376,13 @@ class RecordingTokenizer:
 
 def make_pipeline(model, tok):
     arch = model.config.architecture_type
-    common = {"max_classes": 25, "max_length": 1024, "classification_type": "multi-label", "device": "cpu",
-              "progress_bar": False}  # fmt: skip
+    common = {
+        "max_classes": 25,
+        "max_length": 1024,
+        "classification_type": "multi-label",
+        "device": "cpu",
+        "progress_bar": False,
+    }
     if arch == "uni-encoder":
         return UniEncoderZeroShotClassificationPipeline(model, tok, **common)
     if arch in {"encoder-decoder", "encoder-decoder-cls"}:
@@ -334,6 +394,31 @@ def make_pipeline(model, tok):
         pipe.labels_tokenizer = tok
         return pipe
     raise ValueError(arch)
+
+
+def apply_official_load_workarounds(model) -> list[str]:
+    """Undo load bugs of the official package so the stored logits are those of the checkpoint's weights.
+
+    T5 encoder-decoder: the checkpoint holds only `shared.weight` (encoder/decoder `embed_tokens` are tied to it when
+    saving), but on `GLiClassModel.from_pretrained` the official `tie_weights` re-ties only `encoder.embed_tokens`;
+    `decoder.embed_tokens` is reported MISSING and randomly initialised, so each official load gives different logits.
+    """
+    notes = []
+    ed = getattr(model.model, "encoder_decoder_model", None)
+    if ed is not None and hasattr(ed, "shared") and hasattr(ed, "decoder"):
+        dec = getattr(ed.decoder, "embed_tokens", None)
+        if dec is not None and dec.weight is not ed.shared.weight:
+            dec.weight = ed.shared.weight
+            notes.append("re-tied encoder_decoder_model.decoder.embed_tokens.weight to shared.weight after loading")
+    return notes
+
+
+def load_official(path: Path):
+    model, info = GLiClassModel.from_pretrained(path, output_loading_info=True)
+    model.eval()
+    notes = apply_official_load_workarounds(model)
+    loading = {k: sorted(info[k]) for k in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(k)}
+    return model, loading, notes
 
 
 def tensors_to_lists(inputs) -> dict:
@@ -370,8 +455,9 @@ def run_case(pipe, model, texts, labels, same_labels, examples, prompt):
 
 def official_crash_text(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
-    where = next((f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(tb) if "gliclass" in f.filename),
-                 None)  # fmt: skip
+    where = next(
+        (f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(tb) if "gliclass" in f.filename), None
+    )
     return f"{type(exc).__name__}: {exc}" + (f" (official {where})" if where else "")
 
 
@@ -383,12 +469,31 @@ def labels_for(spec):
 
 def config_essentials(config) -> dict:
     keys = [
-        "architecture_type", "pooling_strategy", "class_token_pooling", "scorer_type", "scorer_num_heads",
-        "scorer_mlp_hidden_size", "normalize_features", "logit_scale_init_value", "extract_text_features",
-        "prompt_first", "use_lstm", "embed_class_token", "use_segment_embeddings", "squeeze_layers",
-        "encoder_layer_id", "vocab_size", "class_token_index", "text_token_index", "example_token_index",
-        "hidden_size", "max_num_classes", "problem_type", "encoder_model_name", "label_model_name",
-    ]  # fmt: skip
+        "architecture_type",
+        "pooling_strategy",
+        "class_token_pooling",
+        "scorer_type",
+        "scorer_num_heads",
+        "scorer_mlp_hidden_size",
+        "normalize_features",
+        "logit_scale_init_value",
+        "extract_text_features",
+        "prompt_first",
+        "use_lstm",
+        "embed_class_token",
+        "use_segment_embeddings",
+        "squeeze_layers",
+        "encoder_layer_id",
+        "vocab_size",
+        "class_token_index",
+        "text_token_index",
+        "example_token_index",
+        "hidden_size",
+        "max_num_classes",
+        "problem_type",
+        "encoder_model_name",
+        "label_model_name",
+    ]
     ess = {k: getattr(config, k, None) for k in keys}
     ess["encoder_model_type"] = config.encoder_config.model_type
     ess["encoder_vocab_size"] = config.encoder_config.get_text_config().vocab_size
@@ -403,8 +508,11 @@ def _is_flat(obj) -> bool:
     if isinstance(obj, dict):
         return False
     if isinstance(obj, list):
-        return all(not isinstance(x, (dict, list)) or (isinstance(x, list) and _is_flat(x) and
-                   all(not isinstance(y, (dict, list)) for y in x)) for x in obj)  # fmt: skip
+        return all(
+            not isinstance(x, (dict, list))
+            or (isinstance(x, list) and _is_flat(x) and all(not isinstance(y, (dict, list)) for y in x))
+            for x in obj
+        )
     return True
 
 
@@ -446,6 +554,9 @@ def make_fixture(spec: dict, dims: dict, out_root: Path) -> dict:
     assert tok.convert_tokens_to_ids("<<SEP>>") == config.text_token_index
     assert tok.convert_tokens_to_ids("<<EXAMPLE>>") == config.example_token_index
 
+    labels, same = labels_for(spec)
+    in_memory = run_case(make_pipeline(model, tok), model, TEXTS, labels, same, spec["examples"], spec["prompt"])
+
     out = out_root / name
     if out.exists():
         shutil.rmtree(out)
@@ -455,17 +566,20 @@ def make_fixture(spec: dict, dims: dict, out_root: Path) -> dict:
     for f in out.iterdir():
         f.chmod(0o644)
 
-    # Work from the reloaded checkpoint, exactly as a user of the official package would.
-    model = GLiClassModel.from_pretrained(out).eval()
+    # Work from the reloaded checkpoint, exactly as a user of the official package would (plus the load workarounds);
+    # it must reproduce the in-memory model bit for bit.
+    model, loading, workarounds = load_official(out)
     tok = transformers.AutoTokenizer.from_pretrained(out)
     assert len(tok) == 263
     if config.architecture_type != "bi-encoder":
-        emb = model.get_input_embeddings() if config.architecture_type != "bi-encoder-fused" else (
-            model.model.encoder_model.get_input_embeddings())  # fmt: skip
+        emb = (
+            model.get_input_embeddings()
+            if config.architecture_type != "bi-encoder-fused"
+            else (model.model.encoder_model.get_input_embeddings())
+        )
         assert emb.num_embeddings == 263, emb.num_embeddings
     pipe = make_pipeline(model, tok)
 
-    labels, same = labels_for(spec)
     per_text_labels = [labels] * len(TEXTS) if same else labels
     prompt, examples = spec["prompt"], spec["examples"]
 
@@ -475,17 +589,21 @@ def make_fixture(spec: dict, dims: dict, out_root: Path) -> dict:
         case = run_case(pipe, model, [text], lab, same, examples, prompt)
         single.append({"text_index": i, **case})
     batch = run_case(pipe, model, TEXTS, labels, same, examples, prompt)
+    if batch["logits"] != in_memory["logits"] or batch["inputs"] != in_memory["inputs"]:
+        raise AssertionError(f"{name}: the reloaded official checkpoint does not reproduce the in-memory model")
     widths = [len(lbls) for lbls in per_text_labels]
     batch["batch_vs_single_max_diff"] = max_abs_diff_rows(batch["logits"], [s["logits"][0] for s in single], widths)
     batch["official_pooling_mask_correct"] = config.pooling_strategy in {"first", "pass"}
 
     with torch.no_grad():
         scores = pipe(TEXTS, labels, threshold=THRESHOLD, batch_size=8, examples=examples, prompt=prompt)
-        all_scores = pipe(TEXTS, labels, threshold=THRESHOLD, batch_size=8, examples=examples, prompt=prompt,
-                          return_hierarchical=True)  # fmt: skip
+        all_scores = pipe(
+            TEXTS, labels, threshold=THRESHOLD, batch_size=8, examples=examples, prompt=prompt, return_hierarchical=True
+        )
 
     expected = {
         "name": name,
+        "official_load_workarounds": workarounds,
         "architecture_type": config.architecture_type,
         "backbone": spec["backbone"],
         "note": spec["note"],
@@ -517,6 +635,8 @@ def make_fixture(spec: dict, dims: dict, out_root: Path) -> dict:
         "batch_vs_single_max_diff": batch["batch_vs_single_max_diff"],
         "official_pooling_mask_correct": batch["official_pooling_mask_correct"],
         "files": files,
+        "official_loading_info": loading,
+        "official_load_workarounds": workarounds,
         "config": config_essentials(model.config),
     }
 
@@ -525,8 +645,13 @@ def try_crash(spec: dict, dims: dict) -> dict:
     """Run a config the official package is expected to fail on through its pipeline; record what happens."""
     torch.manual_seed(zlib.crc32(spec["name"].encode()))
     tok = make_tokenizer()
-    entry = {"name": spec["name"], "architecture_type": spec["architecture_type"], "backbone": spec["backbone"],
-             "config": dict(spec["gliclass"]), "labels_ragged": spec["labels"] == "ragged"}  # fmt: skip
+    entry = {
+        "name": spec["name"],
+        "architecture_type": spec["architecture_type"],
+        "backbone": spec["backbone"],
+        "config": dict(spec["gliclass"]),
+        "labels_ragged": spec["labels"] == "ragged",
+    }
     try:
         model = build_model(spec, dims, tok)
         pipe = make_pipeline(model, tok)
@@ -557,8 +682,13 @@ def generate(args) -> int:
     v = versions()
     if v["gliclass"] != OFFICIAL_VERSION:
         print(f"warning: official gliclass is {v['gliclass']}, fixtures are specified for {OFFICIAL_VERSION}")
-    dims = {"hidden": args.hidden_size, "layers": args.num_layers, "heads": args.num_heads,
-            "intermediate": args.intermediate_size, "positions": args.max_positions}  # fmt: skip
+    dims = {
+        "hidden": args.hidden_size,
+        "layers": args.num_layers,
+        "heads": args.num_heads,
+        "intermediate": args.intermediate_size,
+        "positions": args.max_positions,
+    }
     out_root = Path(args.out_dir)
     out_root.mkdir(parents=True, exist_ok=True)
     selected = [c for c in CONFIGS if not args.only or c["name"] in args.only]
@@ -570,9 +700,16 @@ def generate(args) -> int:
             covered.append(make_fixture(spec, dims, out_root))
         except Exception as exc:  # noqa: BLE001 - a config the official package cannot run is recorded and skipped
             shutil.rmtree(out_root / spec["name"], ignore_errors=True)
-            failed.append({"name": spec["name"], "architecture_type": spec["architecture_type"],
-                           "backbone": spec["backbone"], "config": dict(spec["gliclass"]),
-                           "crashed": True, "exception": official_crash_text(exc)})  # fmt: skip
+            failed.append(
+                {
+                    "name": spec["name"],
+                    "architecture_type": spec["architecture_type"],
+                    "backbone": spec["backbone"],
+                    "config": dict(spec["gliclass"]),
+                    "crashed": True,
+                    "exception": official_crash_text(exc),
+                }
+            )
             print(f"  official package failed: {failed[-1]['exception']}", flush=True)
     crashes = [try_crash(spec, dims) for spec in CRASH_CONFIGS if not args.only or spec["name"] in args.only]
     if args.only:
@@ -600,6 +737,7 @@ def generate(args) -> int:
         "model_call": "logits = model(**batch.inputs, max_num_classes=batch.model_kwargs.max_num_classes).logits "
         "(exactly what the official pipeline __call__ does)",
         "texts": TEXTS,
+        "official_quirks": OFFICIAL_QUIRKS,
         "configs": covered,
         "official_crashes": crashes,
         "official_cannot_run": failed,
@@ -615,12 +753,23 @@ def generate(args) -> int:
 ACCEPTED_INPUTS = {
     "uni-encoder": {"input_ids", "attention_mask", "token_type_ids"},
     "encoder-decoder": {"input_ids", "attention_mask", "token_type_ids", "class_input_ids", "class_attention_mask"},
-    "encoder-decoder-cls": {"input_ids", "attention_mask", "token_type_ids", "class_input_ids",
-                            "class_attention_mask"},  # fmt: skip
-    "bi-encoder": {"input_ids", "attention_mask", "token_type_ids", "class_input_ids", "class_attention_mask",
-                   "labels_mask"},  # fmt: skip
-    "bi-encoder-fused": {"input_ids", "attention_mask", "token_type_ids", "class_input_ids", "class_attention_mask",
-                         "labels_mask"},  # fmt: skip
+    "encoder-decoder-cls": {"input_ids", "attention_mask", "token_type_ids", "class_input_ids", "class_attention_mask"},
+    "bi-encoder": {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "class_input_ids",
+        "class_attention_mask",
+        "labels_mask",
+    },
+    "bi-encoder-fused": {
+        "input_ids",
+        "attention_mask",
+        "token_type_ids",
+        "class_input_ids",
+        "class_attention_mask",
+        "labels_mask",
+    },
 }
 
 
@@ -640,7 +789,7 @@ def roundtrip_cases(expected: dict) -> list[tuple[str, dict]]:
 
 def roundtrip_one(ckpt: Path, atol: float) -> dict:
     expected = json.loads((ckpt / "expected.json").read_text())
-    model = GLiClassModel.from_pretrained(ckpt).eval()
+    model, loading, workarounds = load_official(ckpt)
     arch = model.config.architecture_type
     accepted = ACCEPTED_INPUTS.get(arch, set())
     results = []
@@ -665,11 +814,25 @@ def roundtrip_one(ckpt: Path, atol: float) -> dict:
             diff = diff_all[m].max().item() if m.any() else 0.0
         else:
             diff = diff_all.max().item()
-        results.append({"case": name, "max_abs_diff": diff, "max_abs_diff_all_slots": diff_all.max().item(),
-                        "ignored_inputs": ignored, "shape_note": shape_note})  # fmt: skip
+        results.append(
+            {
+                "case": name,
+                "max_abs_diff": diff,
+                "max_abs_diff_all_slots": diff_all.max().item(),
+                "ignored_inputs": ignored,
+                "shape_note": shape_note,
+            }
+        )
     worst = max(r["max_abs_diff"] for r in results)
-    return {"checkpoint": str(ckpt), "architecture_type": arch, "max_abs_diff": worst, "pass": worst <= atol,
-            "cases": results}  # fmt: skip
+    return {
+        "checkpoint": str(ckpt),
+        "architecture_type": arch,
+        "max_abs_diff": worst,
+        "pass": worst <= atol,
+        "official_loading_info": loading,
+        "official_load_workarounds": workarounds,
+        "cases": results,
+    }
 
 
 def roundtrip(args) -> int:
@@ -678,13 +841,16 @@ def roundtrip(args) -> int:
         try:
             report["checkpoints"].append(roundtrip_one(Path(d), args.atol))
         except Exception as exc:  # noqa: BLE001 - a checkpoint the official package cannot load is a failure to report
-            report["checkpoints"].append({"checkpoint": str(d), "pass": False, "max_abs_diff": None,
-                                          "error": official_crash_text(exc)})  # fmt: skip
+            report["checkpoints"].append(
+                {"checkpoint": str(d), "pass": False, "max_abs_diff": None, "error": official_crash_text(exc)}
+            )
     report["all_pass"] = all(c["pass"] for c in report["checkpoints"])
     write_json(Path(args.out), report)
     for c in report["checkpoints"]:
-        print(f"{'PASS' if c['pass'] else 'FAIL'} {c['checkpoint']} max_abs_diff={c['max_abs_diff']}"
-              + (f" error={c['error']}" if "error" in c else ""))  # fmt: skip
+        print(
+            f"{'PASS' if c['pass'] else 'FAIL'} {c['checkpoint']} max_abs_diff={c['max_abs_diff']}"
+            + (f" error={c['error']}" if "error" in c else "")
+        )
     return 0 if report["all_pass"] else 1
 
 
@@ -692,10 +858,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=str(OUT_DIR))
     ap.add_argument("--only", nargs="*", help="only these config names (index.json is then left alone)")
-    ap.add_argument("--hidden-size", type=int, default=16)
+    ap.add_argument("--hidden-size", type=int, default=12)
     ap.add_argument("--num-layers", type=int, default=2)
     ap.add_argument("--num-heads", type=int, default=2)
-    ap.add_argument("--intermediate-size", type=int, default=32)
+    ap.add_argument("--intermediate-size", type=int, default=24)
     ap.add_argument("--max-positions", type=int, default=128)
     ap.add_argument("--roundtrip", nargs="+", metavar="DIR", help="checkpoints saved by our package to load officially")
     ap.add_argument("--out", default="roundtrip.json", help="--roundtrip report path")

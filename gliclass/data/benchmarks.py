@@ -1,0 +1,172 @@
+"""Benchmark datasets on disk (`<root>/<name>/<split>.jsonl` + `labels.json`) and their conversion to `Example`s.
+
+Rows are `{"text": str, "labels": [str]}`; `labels.json` is the full label list in canonical order. Conversion
+either keeps every label of the dataset as a candidate ("all labels", used for evaluation) or samples, per row,
+the positives plus a random number of negatives in [min_negatives, max_negatives] (seeded), in shuffled order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+
+from gliclass.data.formats import DataFormatError, Example, PathLike, check_label_list, iter_json_rows, take
+
+DATA_DIR_ENV = "GLICLASS_DATA_DIR"
+MULTI_LABEL_DATASETS = frozenset({"go_emotions", "sem_eval_2018_ec"})
+NLI_DATASETS = frozenset({"snli"})  # premise/hypothesis rows: read them with gliclass.data.nli
+LABELS_FILE = "labels.json"
+
+
+def default_data_root() -> Path:
+    """`<repo>/../shared/data`, the layout of this project's checkouts."""
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def data_root(path: PathLike | None = None) -> Path:
+    """Resolve the data directory: explicit `path` > env GLICLASS_DATA_DIR > `<repo>/../shared/data`."""
+    if path is not None:
+        candidate, origin = Path(path), "the explicit path"
+    elif os.environ.get(DATA_DIR_ENV):
+        candidate, origin = Path(os.environ[DATA_DIR_ENV]), f"${DATA_DIR_ENV}"
+    else:
+        candidate, origin = default_data_root(), f"the default <repo>/../shared/data (${DATA_DIR_ENV} is unset)"
+    if not candidate.is_dir():
+        raise FileNotFoundError(
+            f"data directory {candidate} (from {origin}) does not exist; pass a path, set ${DATA_DIR_ENV}, "
+            "or load benchmarks from the Hugging Face hub (gliclass.data.hub)"
+        )
+    return candidate
+
+
+def list_benchmarks(root: PathLike | None = None, include_nli: bool = True) -> dict[str, list[str]]:
+    """{dataset name: sorted split names} for every `<root>/<name>/` holding `<split>.jsonl` files."""
+    base = data_root(root)
+    found = {}
+    for folder in sorted(p for p in base.iterdir() if p.is_dir()):
+        splits = sorted(f.stem for f in folder.glob("*.jsonl"))
+        if splits and (include_nli or folder.name not in NLI_DATASETS):
+            found[folder.name] = splits
+    return found
+
+
+@dataclass
+class BenchmarkRow:
+    text: str
+    labels: list[str]
+    source: str  # file:line
+
+
+@dataclass
+class BenchmarkSplit:
+    """One split of a benchmark: its rows, the dataset's full label list and whether it is multi-label."""
+
+    name: str
+    split: str
+    labels: list[str]
+    multi_label: bool
+    rows: list[BenchmarkRow]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def read_labels(name: str, root: PathLike | None = None) -> list[str]:
+    path = data_root(root) / name / LABELS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: benchmark {name!r} needs its full label list there")
+    with open(path, encoding="utf-8") as f:
+        try:
+            labels = json.load(f)
+        except json.JSONDecodeError as err:
+            raise DataFormatError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from err
+    return check_label_list(labels, "labels", str(path))
+
+
+def read_benchmark(
+    name: str,
+    split: str = "test",
+    root: PathLike | None = None,
+    limit: int | None = None,
+    sample_seed: int | str | None = None,
+) -> BenchmarkSplit:
+    """Read `<root>/<name>/<split>.jsonl`, checking every label against labels.json.
+
+    `limit` keeps the first rows, or, with `sample_seed`, a seeded random sample of rows in file order (several
+    files are sorted by label: the first 500 rows of imdb/test are all negative).
+    """
+    if name in NLI_DATASETS:
+        raise ValueError(f"{name!r} holds premise/hypothesis pairs: read it with gliclass.data.nli.read_nli")
+    base = data_root(root)
+    path = base / name / f"{split}.jsonl"
+    if not path.is_file():
+        if not (base / name).is_dir():
+            raise FileNotFoundError(f"benchmark {name!r} not found: {base / name} does not exist")
+        present = sorted(f.stem for f in (base / name).glob("*.jsonl"))
+        raise FileNotFoundError(f"{path} does not exist; {name!r} has splits {present}")
+    labels = read_labels(name, root)
+    known = set(labels)
+    head = limit if sample_seed is None else None
+    rows = [_parse_benchmark_row(row, where, known) for row, where in islice(iter_json_rows(path), head)]
+    multi = name in MULTI_LABEL_DATASETS or any(len(r.labels) > 1 for r in rows)  # judged on every row read
+    rows = take(rows, limit, f"{sample_seed}:{name}:{split}")
+    return BenchmarkSplit(name, split, labels, multi, rows)
+
+
+def _parse_benchmark_row(row: object, where: str, known: set[str]) -> BenchmarkRow:
+    if not isinstance(row, dict):
+        raise DataFormatError(f"{where}: a row must be a JSON object, got {type(row).__name__}")
+    for key in ("text", "labels"):
+        if key not in row:
+            raise DataFormatError(f"{where}: missing field '{key}' (row has {sorted(row)})")
+    text = row["text"]
+    if not isinstance(text, str) or not text.strip():
+        raise DataFormatError(f"{where}: 'text' must be a non-empty string, got {text!r}")
+    labels = check_label_list(row["labels"], "labels", where)
+    unknown = [label for label in labels if label not in known]
+    if unknown:
+        raise DataFormatError(f"{where}: labels {unknown} are not in the dataset's {LABELS_FILE}")
+    return BenchmarkRow(text, labels, where)
+
+
+def to_examples(
+    bench: BenchmarkSplit,
+    all_labels: bool = False,
+    min_negatives: int = 1,
+    max_negatives: int | None = None,
+    seed: int = 0,
+    prompt: str | None = None,
+) -> list[Example]:
+    """Training-format examples: every label as a candidate (`all_labels`), or positives + sampled negatives."""
+    if min_negatives < 0 or (max_negatives is not None and max_negatives < min_negatives):
+        raise ValueError(f"need 0 <= min_negatives <= max_negatives, got {min_negatives}, {max_negatives}")
+    rng = random.Random(f"{seed}:{bench.name}:{bench.split}")  # str seeds are stable across processes
+    out = []
+    for row in bench.rows:
+        true = dict.fromkeys(row.labels, 1.0)
+        if all_labels:
+            candidates = list(bench.labels)
+        else:
+            candidates = _sample_candidates(rng, row.labels, bench.labels, min_negatives, max_negatives)
+        meta = {"dataset": bench.name, "multi_label": bench.multi_label}
+        out.append(Example(row.text, candidates, true, prompt=prompt, source=row.source, meta=meta))
+    return out
+
+
+def _sample_candidates(
+    rng: random.Random, positives: Sequence[str], labels: Sequence[str], low: int, high: int | None
+) -> list[str]:
+    """Positives plus k random negatives, k uniform in [low, high] capped by what the label set has."""
+    pos = set(positives)
+    negatives = [label for label in labels if label not in pos]
+    high = len(negatives) if high is None else min(high, len(negatives))
+    low = max(low, 0 if positives else 1)  # a row without positives still needs one candidate
+    k = rng.randint(min(low, high), high)
+    candidates = list(positives) + rng.sample(negatives, k)
+    rng.shuffle(candidates)
+    return candidates

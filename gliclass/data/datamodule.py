@@ -1,0 +1,235 @@
+"""`GLiClassDataModule`: the training mix (files, benchmarks, NLI, pattern stream), a seeded train/val split, and
+one "all labels" evaluation loader per held-out benchmark.
+
+Source specs are plain strings (or dicts) so Hydra can instantiate the module with `_target_`:
+  train_files:   "path.jsonl" or {path, limit}
+  benchmarks:    "name[:split[:limit]]" (split defaults to train) or {name, split, limit, source: local|hub}
+  nli:           "split[:limit]" of snli, or {split, limit, source}
+  eval_datasets: "name[:split[:limit]]" (split defaults to test) or a dict as for benchmarks
+The processor is passed at runtime (`instantiate(cfg.data, processor=processor)`) or set as `dm.processor`.
+The pattern stream is built from the train part only, so validation texts never leak into it.
+A `limit` is a seeded random sample of the file's rows, kept in file order (`sample_limits=True`, the default:
+several files are sorted by label), or its first rows (`sample_limits=False`). NLI limits always take the first
+pairs (premises are grouped, relations mixed).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+from gliclass.data.benchmarks import BenchmarkSplit, read_benchmark, to_examples
+from gliclass.data.dataset import GLiClassCollator, GLiClassDataset
+from gliclass.data.formats import Example, read_training_file
+from gliclass.data.hub import load_hub_benchmark
+from gliclass.data.nli import load_hub_nli, nli_examples, read_nli
+from gliclass.data.patterns import pattern_stream
+from gliclass.processing import GLiClassProcessor
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    split: str
+    limit: int | None = None
+    source: str = "local"
+
+    @classmethod
+    def parse(cls, spec: str | Mapping[str, Any], default_split: str) -> BenchmarkSpec:
+        if isinstance(spec, str):
+            parts = spec.split(":")
+            if not 1 <= len(parts) <= 3 or not parts[0]:
+                raise ValueError(f"benchmark spec {spec!r} must look like 'name[:split[:limit]]'")
+            split = parts[1] if len(parts) > 1 and parts[1] else default_split
+            limit = int(parts[2]) if len(parts) > 2 else None
+            return cls(parts[0], split, limit)
+        spec = dict(spec)
+        unknown = set(spec) - {"name", "split", "limit", "source"}
+        if "name" not in spec or unknown:
+            raise ValueError(f"benchmark spec {spec} needs 'name' and only split/limit/source (got {sorted(unknown)})")
+        if spec.get("source", "local") not in ("local", "hub"):
+            raise ValueError(f"benchmark spec {spec}: source must be 'local' or 'hub'")
+        return cls(spec["name"], spec.get("split") or default_split, spec.get("limit"), spec.get("source", "local"))
+
+    def load(self, data_dir: str | None, sample_seed: int | None) -> BenchmarkSplit:
+        if self.source == "hub":
+            return load_hub_benchmark(self.name, self.split, self.limit, sample_seed=sample_seed)
+        return read_benchmark(self.name, self.split, data_dir, self.limit, sample_seed)
+
+
+class GLiClassDataModule(LightningDataModule):
+    def __init__(
+        self,
+        processor: GLiClassProcessor | None = None,
+        train_files: Sequence[str | Mapping[str, Any]] = (),
+        benchmarks: Sequence[str | Mapping[str, Any]] = (),
+        nli: Sequence[str | Mapping[str, Any]] = (),
+        nli_formulation: str = "hypothesis",
+        nli_extra_negatives: int = 0,
+        pattern_examples_per_bucket: int = 0,
+        pattern_max_labels: int = 20,
+        pattern_copies: int = 2,
+        eval_datasets: Sequence[str | Mapping[str, Any]] = (),
+        min_negatives: int = 1,
+        max_negatives: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 42,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        max_train_examples: int | None = None,
+        shuffle_labels: bool = True,
+        data_dir: str | None = None,
+        sample_limits: bool = True,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.processor = processor
+        self.train_files = list(train_files)
+        self.benchmarks = [BenchmarkSpec.parse(s, "train") for s in benchmarks]
+        self.nli = list(nli)
+        self.nli_formulation = nli_formulation
+        self.nli_extra_negatives = nli_extra_negatives
+        self.pattern_examples_per_bucket = pattern_examples_per_bucket
+        self.pattern_max_labels = pattern_max_labels
+        self.pattern_copies = pattern_copies
+        self.eval_specs = [BenchmarkSpec.parse(s, "test") for s in eval_datasets]
+        self.eval_names = [s.name for s in self.eval_specs]
+        if len(set(self.eval_names)) != len(self.eval_names):
+            raise ValueError(f"eval_datasets name a dataset twice: {self.eval_names}")
+        self.min_negatives = min_negatives
+        self.max_negatives = max_negatives
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.max_train_examples = max_train_examples
+        self.shuffle_labels = shuffle_labels
+        self.data_dir = data_dir
+        self.sample_seed = seed if sample_limits else None  # limits: a seeded sample (True) or the first rows
+        self.train_examples: list[Example] | None = None
+        self.val_examples: list[Example] | None = None
+        self._eval: dict[str, BenchmarkSplit] | None = None
+
+    # ------------------------------------------------------------------------------------------ data
+    def _nli_examples(self) -> list[Example]:
+        out = []
+        for spec in self.nli:
+            spec = {"split": spec.split(":")[0], "limit": _limit(spec)} if isinstance(spec, str) else dict(spec)
+            limit = spec.get("limit")
+            if spec.get("source", "local") == "hub":
+                pairs = load_hub_nli(spec.get("split", "validation"), limit)
+            else:
+                pairs = read_nli(spec.get("split", "validation"), self.data_dir, limit=limit)
+            out += nli_examples(pairs, self.nli_formulation, self.nli_extra_negatives, self.seed)
+        return out
+
+    def build_mix(self) -> list[Example]:
+        """Every training source, in spec order (before the train/val split)."""
+        mix: list[Example] = []
+        for spec in self.train_files:
+            spec = {"path": spec} if isinstance(spec, str) else dict(spec)
+            mix += read_training_file(spec["path"], spec.get("limit"), self.sample_seed)
+        for bench in self.benchmarks:
+            mix += to_examples(
+                bench.load(self.data_dir, self.sample_seed),
+                min_negatives=self.min_negatives,
+                max_negatives=self.max_negatives,
+                seed=self.seed,
+            )
+        mix += self._nli_examples()
+        if not mix:
+            raise ValueError("GLiClassDataModule has no training data: give train_files, benchmarks or nli")
+        return mix
+
+    def train_val_split(self, mix: Sequence[Example]) -> tuple[list[Example], list[Example]]:
+        """Seeded shuffle, then the first `val_fraction` of it is validation."""
+        order = list(range(len(mix)))
+        random.Random(f"split:{self.seed}").shuffle(order)
+        num_val = round(len(mix) * self.val_fraction)
+        return [mix[i] for i in order[num_val:]], [mix[i] for i in order[:num_val]]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_examples is None:
+            train, val = self.train_val_split(self.build_mix())
+            if self.pattern_examples_per_bucket:
+                train += pattern_stream(
+                    train,
+                    self.pattern_examples_per_bucket,
+                    seed=self.seed,
+                    max_labels=self.pattern_max_labels,
+                    copies=self.pattern_copies,
+                )
+                random.Random(f"mix:{self.seed}").shuffle(train)  # so a cap keeps a sample of every source
+            if self.max_train_examples is not None:
+                train = train[: self.max_train_examples]
+            self.train_examples, self.val_examples = train, val
+        if stage != "predict":
+            self._load_eval()
+
+    def _load_eval(self) -> dict[str, BenchmarkSplit]:
+        if self._eval is None:
+            self._eval = {spec.name: spec.load(self.data_dir, self.sample_seed) for spec in self.eval_specs}
+        return self._eval
+
+    @property
+    def eval_labels(self) -> dict[str, list[str]]:
+        """Full label list of each eval dataset, in canonical order (= the logits' order in its batches)."""
+        return {name: list(b.labels) for name, b in self._load_eval().items()}
+
+    @property
+    def eval_multi_label(self) -> dict[str, bool]:
+        """Per eval dataset: True -> sigmoid/threshold decisions, False -> argmax over its labels."""
+        return {name: b.multi_label for name, b in self._load_eval().items()}
+
+    def eval_examples(self, name: str) -> list[Example]:
+        return to_examples(self._load_eval()[name], all_labels=True)
+
+    # ------------------------------------------------------------------------------------------ loaders
+    def _processor(self) -> GLiClassProcessor:
+        if self.processor is None:
+            raise RuntimeError("GLiClassDataModule needs a processor: pass processor= or set dm.processor first")
+        return self.processor
+
+    def _loader(self, examples: Sequence[Example], train: bool) -> DataLoader:
+        processor = self._processor()
+        dataset = GLiClassDataset(examples, processor, shuffle_labels=train and self.shuffle_labels, seed=self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            collate_fn=GLiClassCollator(processor),
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_examples is None:
+            self.setup("fit")
+        return self._loader(self.train_examples, train=True)
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        if self.val_examples is None:
+            self.setup("fit")
+        return self._loader(self.val_examples, train=False) if self.val_examples else []
+
+    def eval_dataloaders(self) -> list[DataLoader]:
+        """One loader per eval dataset, in `eval_names` order; every label of the dataset is a candidate."""
+        return [self._loader(self.eval_examples(name), train=False) for name in self.eval_names]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders()
+
+
+def _limit(spec: str) -> int | None:
+    parts = spec.split(":")
+    return int(parts[1]) if len(parts) > 1 and parts[1] else None

@@ -1,0 +1,180 @@
+"""One system in its own process, driven over JSON lines on stdin/stdout (see `gliclass.evaluation.workers`).
+
+Run as a script, not a module: the official system runs it with the official package's own interpreter, where
+`import gliclass` must find the official `gliclass`, never this repository. It therefore imports nothing from
+this repository at the top, and for `--system official` strips every path inside the repository from sys.path.
+
+Requests: {"cmd": "time", texts, labels, batch_size, passes, warmup, warmup_texts, max_seconds, multi_label} ->
+{"seconds": [...per pass], "labels_scored": k}; {"cmd": "scores", texts, labels, multi_label, batch_size} -> {"scores": [[...]]};
+{"cmd": "memory"} -> {"maxrss_mb"}; {"cmd": "exit"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OFFICIAL_LABEL_TOKEN = "<<LABEL>>"
+OFFICIAL_SEP_TOKEN = "<<SEP>>"
+
+
+def _inside_repo(entry: str) -> bool:
+    return Path(entry or ".").resolve().is_relative_to(REPO_ROOT)
+
+
+def maxrss_mb() -> float:
+    """Peak resident memory of this process in MiB.
+
+    /proc's VmHWM restarts at exec; ru_maxrss (the fallback off Linux) would include the coordinator's RSS at
+    fork time."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class OfficialSystem:
+    """The official `gliclass` pipeline on a checkpoint directory (official package only)."""
+
+    def __init__(self, model_dir: str, max_length: int) -> None:
+        from transformers import AutoTokenizer
+
+        from gliclass import GLiClassModel, ZeroShotClassificationPipeline
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.model = GLiClassModel.from_pretrained(model_dir).eval()
+        self.max_length = max_length
+        self.pipe = ZeroShotClassificationPipeline(
+            self.model,
+            self.tokenizer,
+            classification_type="multi-label",
+            device="cpu",
+            max_length=max_length,
+            progress_bar=False,
+        )
+        self.batch_size = 8
+
+    def _call(self, texts: list[str], labels: list[str], multi_label: bool, **kwargs: Any) -> Any:
+        kind = "multi-label" if multi_label else "single-label"
+        return self.pipe(texts, labels, batch_size=self.batch_size, classification_type=kind, **kwargs)
+
+    def predict(self, texts: list[str], labels: list[str], multi_label: bool) -> Any:
+        return self._call(texts, labels, multi_label, threshold=0.5)
+
+    def scores(self, texts: list[str], labels: list[str], multi_label: bool) -> list[list[float]]:
+        rows = self._call(texts, labels, multi_label, threshold=0.0, return_hierarchical=True)
+        return [[float(row[label]) for label in labels] for row in rows]
+
+    def labels_scored(self, text: str, labels: list[str]) -> int:
+        """How many <<LABEL>> tokens survive the official truncation (it cuts labels, not text)."""
+        string = text + "".join(OFFICIAL_LABEL_TOKEN + label for label in labels) + OFFICIAL_SEP_TOKEN
+        ids = self.tokenizer(string, truncation=True, max_length=self.max_length)["input_ids"]
+        return ids.count(self.tokenizer.convert_tokens_to_ids(OFFICIAL_LABEL_TOKEN))
+
+
+def build_system(args: argparse.Namespace) -> Any:
+    if args.system == "official":
+        return OfficialSystem(args.model, args.max_length)
+    from gliclass.evaluation.systems import GLiClassSystem, PairwiseCrossEncoder
+
+    if args.system in ("ours", "ours-bi-cached", "ours-onnx"):
+        backend = "onnx" if args.system == "ours-onnx" else "torch"
+        return GLiClassSystem.from_pretrained(
+            args.model, batch_size=args.batch_size, name=args.system, backend=backend, threads=args.threads
+        )
+    if args.system == "cross-encoder":
+        return PairwiseCrossEncoder.from_gliclass(args.model, pair_batch_size=args.pair_batch_size)
+    raise SystemExit(f"unknown system {args.system!r}")
+
+
+def set_batch_size(system: Any, batch_size: int) -> None:
+    if hasattr(system, "set_batch_size"):
+        system.set_batch_size(batch_size)
+    elif hasattr(system, "batch_size"):
+        system.batch_size = batch_size
+
+
+def handle(system: Any, request: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    cmd = request["cmd"]
+    if cmd == "memory":
+        return {"maxrss_mb": maxrss_mb()}
+    texts, labels, multi_label = request["texts"], request["labels"], bool(request.get("multi_label", True))
+    set_batch_size(system, int(request.get("batch_size", 8)))
+    if cmd == "scores":
+        return {"scores": np.asarray(system.scores(texts, labels, multi_label), dtype=float).tolist()}
+    if cmd == "time":
+        # warm-up on the first `warmup_texts` texts only, so a batched warm-up does not cost a full pass
+        warm = texts[: int(request.get("warmup_texts") or len(texts))]
+        for _ in range(int(request.get("warmup", 1))):
+            system.predict(warm, labels, multi_label)
+        seconds: list[float] = []
+        max_seconds = request.get("max_seconds")
+        for _ in range(int(request["passes"])):
+            start = time.perf_counter()
+            system.predict(texts, labels, multi_label)
+            seconds.append(time.perf_counter() - start)
+            if max_seconds is not None and sum(seconds) > max_seconds:
+                break  # a slow system's cell stops early; the reply says how many passes ran
+        scored = system.labels_scored(texts[0], labels) if hasattr(system, "labels_scored") else len(labels)
+        return {"seconds": seconds, "labels_scored": scored}
+    raise ValueError(f"unknown command {cmd!r}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--system", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--pair-batch-size", type=int, default=32)
+    args = parser.parse_args()
+
+    # the script's own folder holds data.py/metrics.py, which must not shadow top-level modules
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+    if args.system == "official":
+        sys.path[:] = [p for p in sys.path if not _inside_repo(p)]
+    protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr  # library prints must not corrupt the protocol stream
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    if args.system == "official":
+        import gliclass
+
+        if _inside_repo(gliclass.__file__):
+            raise SystemExit(f"refusing to run: imported this repository's gliclass ({gliclass.__file__})")
+    start = time.perf_counter()
+    with torch.inference_mode():
+        system = build_system(args)
+        ready = {"ready": True, "load_s": time.perf_counter() - start, "maxrss_mb": maxrss_mb()}
+        ready["backend"] = getattr(system, "backend", args.system)
+        protocol.write(json.dumps(ready) + "\n")
+        for line in sys.stdin:
+            request = json.loads(line)
+            if request["cmd"] == "exit":
+                break
+            try:
+                reply = handle(system, request)
+            except Exception as err:  # reported to the coordinator, which decides; the worker stays up
+                reply = {"error": f"{type(err).__name__}: {err}"}
+            protocol.write(json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,633 @@
+"""`ZeroShotPipeline`: zero-shot / few-shot classification of any number of texts against any number of labels.
+
+Unlike the official pipeline, nothing is cut silently:
+- a text longer than the room its label block leaves is split into overlapping token windows (chunks), each chunk is
+  scored, and the chunk scores are aggregated (`aggregation`);
+- labels that do not fit beside the text are split into groups that each fit; every label gets a score.
+See docs/pipeline.md for what the scores mean in each case.
+
+The pipeline is backend-agnostic: `model` is a `GLiClassModel` or anything with the same forward contract (the
+onnxruntime-backed `gliclass.onnx.OnnxModel`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from gliclass.config import LABEL_TOKEN
+from gliclass.processing import GLiClassProcessor, LabelBudgetError, check_labels, check_text, format_examples
+
+AGGREGATIONS = ("max", "mean", "logit-mean")
+Labels = Sequence[str] | Mapping[str, Any]
+
+
+@dataclass
+class _Request:
+    """One text with its flat labels, prompt, examples and decision settings."""
+
+    text: str
+    labels: list[str]
+    structure: Any  # the labels as given (list or nested dict), for return_hierarchy
+    prompt: str | None
+    examples: list[Mapping[str, Any]] | None
+    threshold: float
+
+
+@dataclass
+class _Unit:
+    """One model row: a chunk of one text against one label group."""
+
+    request: int
+    chunk: int
+    group: int
+    text: str
+    label_start: int  # index of the group's first label in the request's flat label list
+    labels: list[str]
+    length: int  # token length of the full input sequence (for length-sorted batching)
+
+
+@dataclass
+class _Result:
+    """Per text: logits [chunks, labels], and embeddings when asked for."""
+
+    labels: list[str]
+    logits: torch.Tensor
+    text_embeddings: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (chunk, group) -> vector
+    class_embeddings: torch.Tensor | None = None  # [chunks, labels, D]
+
+
+class ZeroShotPipeline:
+    """Score texts against candidate labels with a GLiClass model.
+
+    Args:
+        model: a `GLiClassModel` (or an `OnnxModel`); put in eval mode and moved to `device`.
+        processor: the `GLiClassProcessor` saved with the model; its `budget` bounds every sequence.
+        batch_size: model rows (text chunk x label group) per forward pass.
+        multi_label: default decision rule; True: sigmoid per label + threshold, False: softmax over the labels.
+        threshold: default multi-label threshold in [0, 1].
+        aggregation: how chunk scores of a long text combine: "max", "mean" (of chunk probabilities) or
+            "logit-mean" (activation of the mean chunk logit). None: "max" for multi-label, "mean" for single-label.
+        chunk_overlap: tokens shared by consecutive chunks (at most half a chunk).
+        min_chunk_tokens: when labels must be grouped, each group leaves room for at least this many text tokens
+            (or the whole text if shorter). None: a quarter of the budget.
+        max_labels_per_group: an upper bound on labels per model row (None: as many as fit).
+        label_separator: joins the keys of a hierarchical label dict ("sentiment.positive").
+        label_cache: bi-encoders encode each label once and reuse its vector across calls (see `clear_label_cache`).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: GLiClassProcessor,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        multi_label: bool = True,
+        threshold: float = 0.5,
+        aggregation: str | None = None,
+        chunk_overlap: int = 32,
+        min_chunk_tokens: int | None = None,
+        max_labels_per_group: int | None = None,
+        label_separator: str = ".",
+        label_cache: bool = True,
+        label_cache_size: int = 100_000,
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if aggregation is not None and aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation={aggregation!r} is not supported; choose one of {list(AGGREGATIONS)}")
+        if chunk_overlap < 0:
+            raise ValueError(f"chunk_overlap must be >= 0, got {chunk_overlap}")
+        if min_chunk_tokens is not None and min_chunk_tokens < 1:
+            raise ValueError(f"min_chunk_tokens must be >= 1, got {min_chunk_tokens}")
+        if max_labels_per_group is not None and max_labels_per_group < 1:
+            raise ValueError(f"max_labels_per_group must be >= 1, got {max_labels_per_group}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        self.processor = processor
+        self.config = processor.config
+        self.batch_size = batch_size
+        self.multi_label = _check_bool(multi_label, "multi_label")
+        self.threshold = _check_threshold(threshold)
+        self.aggregation = aggregation
+        self.chunk_overlap = chunk_overlap
+        self.min_chunk_tokens = min_chunk_tokens
+        self.max_labels_per_group = max_labels_per_group
+        self.label_separator = label_separator
+        self.use_label_cache = label_cache and self.config.uses_label_encoder
+        self.label_cache_size = label_cache_size
+        self._label_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+        quantized: bool = False,
+        max_length: int | None = None,
+        **kwargs: Any,
+    ) -> ZeroShotPipeline:
+        """Load a saved model directory: torch weights (`model.safetensors`) or an ONNX export (`model.onnx`).
+
+        backend: "torch", "onnx", or "auto" (torch weights when present, else the ONNX export).
+        quantized: with the ONNX backend, use the int8 files written by `export_onnx(..., quantize="int8")`.
+        """
+        from gliclass.onnx import OnnxModel, has_onnx_export
+
+        path = str(path)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"model directory {path!r} does not exist")
+        if backend not in ("auto", "torch", "onnx"):
+            raise ValueError(f"backend={backend!r}; choose 'auto', 'torch' or 'onnx'")
+        has_torch = any(name.startswith("model") and name.endswith(".safetensors") for name in os.listdir(path))
+        if backend == "auto":
+            backend = "torch" if has_torch and not quantized else "onnx" if has_onnx_export(path) else "torch"
+        processor_kwargs = {"max_length": max_length} if max_length is not None else {}
+        processor = GLiClassProcessor.from_pretrained(path, **processor_kwargs)
+        model = OnnxModel.from_pretrained(path, quantized=quantized) if backend == "onnx" else _load_torch_model(path)
+        return cls(model, processor, device=device, **kwargs)
+
+    # ----------------------------------------------------------------- public API
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        labels: Labels | Sequence[Labels],
+        threshold: float | Sequence[float] | None = None,
+        multi_label: bool | None = None,
+        prompt: str | Sequence[str | None] | None = None,
+        examples: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+        return_hierarchy: bool = False,
+    ) -> list[Any]:
+        """Predicted labels per text, as `[{"label", "score"}, ...]` sorted by descending score (ties: input order).
+
+        Multi-label: every label with score >= threshold. Single-label: the one best label (softmax over the text's
+        labels; threshold ignored). A str input returns one list instead of a list of lists. With
+        `return_hierarchy=True` every label's score is returned, nested like the input label dict.
+        """
+        single = isinstance(texts, str)
+        requests, multi = self._requests(texts, labels, threshold, multi_label, prompt, examples)
+        outputs: list[Any] = []
+        for request, result in zip(requests, self._run(requests), strict=True):
+            scores = self._scores(result, multi)
+            if return_hierarchy:
+                outputs.append(_nest(request.structure, dict(zip(request.labels, scores, strict=True)), self))
+                continue
+            ranked = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep input order
+            chosen = [i for i in ranked if scores[i] >= request.threshold] if multi else ranked[:1]
+            outputs.append([{"label": request.labels[i], "score": scores[i]} for i in chosen])
+        return outputs[0] if single else outputs
+
+    def scores(
+        self,
+        texts: str | Sequence[str],
+        labels: Labels | Sequence[Labels],
+        multi_label: bool | None = None,
+        prompt: str | Sequence[str | None] | None = None,
+        examples: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Every label's score per text, in input label order (hierarchical labels: flattened names)."""
+        requests, multi = self._requests(texts, labels, None, multi_label, prompt, examples)
+        return [
+            dict(zip(request.labels, self._scores(result, multi), strict=True))
+            for request, result in zip(requests, self._run(requests), strict=True)
+        ]
+
+    def logits(
+        self,
+        texts: str | Sequence[str],
+        labels: Labels | Sequence[Labels],
+        prompt: str | Sequence[str | None] | None = None,
+        examples: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Raw logits and embeddings per text.
+
+        Returns `{"logits": {label: float}, "text_embedding": tensor, "class_embeddings": {label: tensor}}`. When a
+        text was chunked or its labels grouped, a label's logit is its max over chunks (aggregation "max") or its mean
+        (otherwise); the text embedding is the mean over all model rows of the text, and a label's embedding the
+        mean over its chunks. Pooling "pass" returns the token matrix of the first chunk and label group.
+        """
+        requests, _ = self._requests(texts, labels, None, None, prompt, examples)
+        outputs = []
+        for request, result in zip(requests, self._run(requests, embeddings=True), strict=True):
+            logits = result.logits.max(0).values if self._aggregation(True) == "max" else result.logits.mean(0)
+            rows = [result.text_embeddings[key] for key in sorted(result.text_embeddings)]
+            text_embedding = torch.stack(rows).mean(0) if rows[0].dim() == 1 else rows[0]
+            classes = result.class_embeddings.mean(0)
+            outputs.append(
+                {
+                    "logits": dict(zip(request.labels, logits.tolist(), strict=True)),
+                    "text_embedding": text_embedding,
+                    "class_embeddings": {label: classes[i] for i, label in enumerate(request.labels)},
+                }
+            )
+        return outputs
+
+    def clear_label_cache(self) -> None:
+        """Forget cached bi-encoder label vectors (call after changing the model's weights)."""
+        self._label_cache.clear()
+
+    # ----------------------------------------------------------------- input checking
+    def _requests(
+        self,
+        texts: Any,
+        labels: Any,
+        threshold: Any,
+        multi_label: Any,
+        prompt: Any,
+        examples: Any,
+    ) -> tuple[list[_Request], bool]:
+        multi = self.multi_label if multi_label is None else _check_bool(multi_label, "multi_label")
+        if isinstance(texts, str):
+            texts = [texts]
+        if texts is None or isinstance(texts, Mapping) or not isinstance(texts, Sequence):
+            raise TypeError(f"texts must be a str or a list of str, got {type(texts).__name__}")
+        texts = [check_text(text, f"text {i}") for i, text in enumerate(texts)]
+        n = len(texts)
+        structures = self._per_text_labels(labels, n)
+        flat = []
+        for i, structure in enumerate(structures):
+            try:
+                flat.append(check_labels(_flatten(structure, self.label_separator)))
+            except (TypeError, ValueError) as error:
+                where = f"labels of text {i}" if _is_per_text(labels) else "labels"
+                raise type(error)(f"{where}: {error}") from None
+        thresholds = _per_text(threshold, n, "threshold", self.threshold)
+        thresholds = [_check_threshold(value) for value in thresholds]
+        prompts = _per_text(prompt, n, "prompt", None)
+        for i, value in enumerate(prompts):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"prompt {i} must be a str or None, got {type(value).__name__}")
+        shots = _per_text_examples(examples, n)
+        for value in shots:
+            format_examples(value)  # raises a ValueError naming a malformed example
+        requests = [
+            _Request(texts[i], flat[i], structures[i], prompts[i] or None, shots[i], thresholds[i]) for i in range(n)
+        ]
+        return requests, multi
+
+    def _per_text_labels(self, labels: Any, n: int) -> list[Any]:
+        if labels is None:
+            raise TypeError("labels must be a list of str, a list per text, or a dict; got None")
+        if isinstance(labels, str):
+            raise TypeError(f"labels must be a list of str, not a str ({labels!r}); pass [{labels!r}]")
+        if isinstance(labels, Mapping):
+            return [labels] * n
+        if not isinstance(labels, Sequence):
+            raise TypeError(f"labels must be a list of str, a list per text, or a dict; got {type(labels).__name__}")
+        if len(labels) == 0:
+            raise ValueError("the label list is empty")
+        if not _is_per_text(labels):
+            return [labels] * n
+        if len(labels) != n:
+            raise ValueError(f"got {n} texts but {len(labels)} label lists (one list per text, or one for all)")
+        return list(labels)
+
+    # ----------------------------------------------------------------- planning: chunks and label groups
+    def _tokens(self, strings: list[str], special: bool = True, offsets: bool = False) -> dict[str, list]:
+        # identical to the processor's own call, so a planned sequence is encoded exactly as measured
+        return self.processor.tokenizer(
+            strings, add_special_tokens=special, truncation=False, return_offsets_mapping=offsets, verbose=False
+        )
+
+    def _decoder_length(self, labels: list[str], prompt: str | None) -> int:
+        block = self.processor.label_block(labels, prompt)
+        return len(self._tokens([block])["input_ids"][0])
+
+    def _plan(self, requests: list[_Request]) -> list[_Unit]:
+        """Split every request into model rows that each fit the budget, measuring real token counts."""
+        strings = [self.processor.segments(r.text, r.labels, r.prompt, r.examples).string for r in requests]
+        lengths = [len(ids) for ids in self._tokens(strings)["input_ids"]]
+        budget = self.processor.budget
+        units = []
+        for index, (request, length) in enumerate(zip(requests, lengths, strict=True)):
+            fits = length <= budget and (
+                self.max_labels_per_group is None or len(request.labels) <= self.max_labels_per_group
+            )
+            if fits and self.config.architecture_type == "encoder-decoder":
+                fits = self._decoder_length(request.labels, request.prompt) <= budget
+            if fits:
+                units.append(_Unit(index, 0, 0, request.text, 0, request.labels, length))
+            else:
+                units.extend(self._split(index, request))
+        return units
+
+    def _split(self, index: int, request: _Request) -> list[_Unit]:
+        budget, proc, arch = self.processor.budget, self.processor, self.config.architecture_type
+        encoded = self._tokens([request.text], special=False, offsets=True)
+        offsets = [tuple(span) for span in encoded["offset_mapping"][0]]
+        num_text = len(offsets)
+        overhead = len(self._tokens([proc.segments("", [], request.prompt, request.examples).string])["input_ids"][0])
+        label_lengths = [
+            len(ids) for ids in self._tokens([LABEL_TOKEN + label for label in request.labels], False)["input_ids"]
+        ]
+        zeros = [0] * len(request.labels)
+        # what a label costs beside the text (uni/fused) and in the decoder prompt (encoder-decoder)
+        text_cost = {"uni-encoder": label_lengths, "bi-encoder-fused": [1] * len(request.labels)}.get(arch, zeros)
+        dec_cost = label_lengths if arch == "encoder-decoder" else zeros
+        dec_cap = budget - self._decoder_length([], request.prompt) if arch == "encoder-decoder" else math.inf
+        reserve = min(num_text, self.min_chunk_tokens or max(1, budget // 4))
+        text_cap = budget - overhead - reserve
+        while True:
+            groups = _partition(request.labels, text_cost, dec_cost, text_cap, dec_cap, self.max_labels_per_group)
+            if arch == "encoder-decoder":
+                over = max(self._decoder_length(request.labels[a:b], request.prompt) - budget for a, b in groups)
+                if over > 0:  # a tokenizer merged differently than counted: tighten and regroup
+                    dec_cap -= over
+                    continue
+            break
+        room = budget - overhead - max(sum(text_cost[a:b]) for a, b in groups)
+        while True:
+            if room < 1 and num_text > 0:
+                raise LabelBudgetError(
+                    f"no room left for text beside the labels (budget {budget} tokens); use shorter labels or a "
+                    "smaller max_labels_per_group"
+                )
+            chunks = _chunks(request.text, offsets, room, self.chunk_overlap)
+            rows = [(c, g, chunk, a, b) for c, chunk in enumerate(chunks) for g, (a, b) in enumerate(groups)]
+            strings = [
+                proc.segments(chunk, request.labels[a:b], request.prompt, request.examples).string
+                for _, _, chunk, a, b in rows
+            ]
+            lengths = [len(ids) for ids in self._tokens(strings)["input_ids"]]
+            over = max(lengths) - budget
+            if over <= 0 or num_text == 0:
+                break
+            room -= over  # cutting at token boundaries changed a token count: shrink the window and retry
+        return [
+            _Unit(index, c, g, chunk, a, request.labels[a:b], length)
+            for (c, g, chunk, a, b), length in zip(rows, lengths, strict=True)
+        ]
+
+    # ----------------------------------------------------------------- running
+    def _run(self, requests: list[_Request], embeddings: bool = False) -> list[_Result]:
+        if not requests:
+            return []
+        units = self._plan(requests)
+        num_chunks = [0] * len(requests)
+        for unit in units:
+            num_chunks[unit.request] = max(num_chunks[unit.request], unit.chunk + 1)
+        results = [_Result(r.labels, torch.zeros(num_chunks[i], len(r.labels))) for i, r in enumerate(requests)]
+        order = sorted(range(len(units)), key=lambda u: -units[u].length)  # similar lengths share a batch
+        if self.use_label_cache:
+            self._cache_labels({label for unit in units for label in unit.labels})
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                batch_units = [units[u] for u in order[start : start + self.batch_size]]
+                out = self._forward(batch_units, [requests[u.request] for u in batch_units])
+                logits = out.logits.float().cpu()
+                for row, unit in enumerate(batch_units):
+                    result = results[unit.request]
+                    span = slice(unit.label_start, unit.label_start + len(unit.labels))
+                    result.logits[unit.chunk, span] = logits[row, : len(unit.labels)]
+                    if embeddings:
+                        self._keep_embeddings(result, unit, out, row, span)
+        return results
+
+    def _keep_embeddings(self, result: _Result, unit: _Unit, out: Any, row: int, span: slice) -> None:
+        text = out.text_embeddings[row].float().cpu()
+        if text.dim() == 2:  # pooling "pass": the real tokens only
+            text = text[: int(out.token_mask[row].sum())] if out.token_mask is not None else text
+        result.text_embeddings[(unit.chunk, unit.group)] = text
+        classes = out.class_embeddings[row, : len(unit.labels)].float().cpu()
+        if result.class_embeddings is None:
+            result.class_embeddings = torch.zeros(result.logits.shape[0], len(result.labels), classes.shape[-1])
+        result.class_embeddings[unit.chunk, span] = classes
+
+    def _forward(self, units: list[_Unit], requests: list[_Request]) -> Any:
+        items = self.processor.encode_batch(
+            [u.text for u in units],
+            [u.labels for u in units],
+            [r.prompt for r in requests],
+            [r.examples for r in requests],
+        )
+        if self.use_label_cache:
+            batch = _pad_inputs(items, self.processor.tokenizer.pad_token_id or 0)
+            vectors = [torch.stack([self._label_cache[label] for label in u.labels]) for u in units]
+            batch["class_embeddings"] = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
+        else:
+            batch = self.processor.collate(items)
+        batch = {key: value.to(self.device) for key, value in batch.items()}
+        return self.model(**batch)
+
+    def _cache_labels(self, labels: set[str]) -> None:
+        """Encode labels missing from the cache (bi-encoders: a label's vector does not depend on the text)."""
+        missing = sorted(label for label in labels if label not in self._label_cache)
+        for label in labels & self._label_cache.keys():
+            self._label_cache.move_to_end(label)
+        step = max(64, self.batch_size * 8)
+        with torch.inference_mode():
+            for start in range(0, len(missing), step):
+                names = missing[start : start + step]
+                ids = self.processor._label_ids(names)
+                padded = _pad_rows(ids, self.processor.label_tokenizer.pad_token_id or 0)
+                vectors = self.model.encode_labels(
+                    padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
+                )
+                for name, vector in zip(names, vectors, strict=True):
+                    self._label_cache[name] = vector
+        while len(self._label_cache) > max(self.label_cache_size, len(labels)):
+            self._label_cache.popitem(last=False)
+
+    # ----------------------------------------------------------------- scores
+    def _aggregation(self, multi: bool) -> str:
+        return self.aggregation or ("max" if multi else "mean")
+
+    def _scores(self, result: _Result, multi: bool) -> list[float]:
+        """Chunk logits [K, C] -> one score per label (softmax over all the text's labels in single-label mode)."""
+        logits = result.logits
+        activation = torch.sigmoid if multi else lambda x: torch.softmax(x, dim=-1)
+        how = self._aggregation(multi)
+        if how == "logit-mean":
+            return activation(logits.mean(0)).tolist()
+        probs = activation(logits)
+        return (probs.max(0).values if how == "max" else probs.mean(0)).tolist()
+
+
+# --------------------------------------------------------------------- helpers
+def _load_torch_model(path: str) -> torch.nn.Module:
+    from gliclass.modeling import GLiClassModel
+
+    try:  # SDPA where the backbone has it; backbones without it keep their default attention
+        return GLiClassModel.from_pretrained(path, attn_implementation="sdpa")
+    except (ValueError, ImportError):
+        return GLiClassModel.from_pretrained(path)
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"threshold must be a number in [0, 1], got {type(value).__name__}: {value!r}")
+    if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
+        raise ValueError(f"threshold must be in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _per_text(value: Any, n: int, name: str, default: Any) -> list[Any]:
+    if value is None:
+        return [default] * n
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        return [value] * n
+    if len(value) != n:
+        raise ValueError(f"got {n} texts but {len(value)} values of {name} (give one value, or one per text)")
+    return [default if item is None else item for item in value]
+
+
+def _per_text_examples(examples: Any, n: int) -> list[list[Mapping[str, Any]] | None]:
+    if examples is None:
+        return [None] * n
+    if isinstance(examples, str | Mapping) or not isinstance(examples, Sequence):
+        raise TypeError(
+            f"examples must be a list of {{'text', 'labels'}} dicts (or one list per text), got {examples!r}"
+        )
+    if all(isinstance(example, Mapping) for example in examples):
+        return [list(examples) or None] * n
+    if len(examples) != n:
+        raise ValueError(f"got {n} texts but {len(examples)} example lists")
+    for i, shots in enumerate(examples):
+        if shots is not None and (isinstance(shots, str | Mapping) or not isinstance(shots, Sequence)):
+            raise TypeError(f"examples of text {i} must be a list of dicts or None, got {type(shots).__name__}")
+    return [list(shots) if shots else None for shots in examples]
+
+
+def _is_per_text(labels: Any) -> bool:
+    """A list whose items are lists or dicts holds one label set per text."""
+    if isinstance(labels, str | Mapping) or not isinstance(labels, Sequence) or not labels:
+        return False
+    kinds = {isinstance(item, Mapping) or (isinstance(item, Sequence) and not isinstance(item, str)) for item in labels}
+    if kinds == {True, False}:
+        raise TypeError("labels mixes strings and lists: give one list of str, or one list per text")
+    return kinds == {True}
+
+
+def _flatten(labels: Any, separator: str, prefix: str = "") -> list[str]:
+    """A hierarchical dict -> "parent{sep}child" names (depth-first, in input order); lists pass through."""
+    join = (lambda name: f"{prefix}{separator}{name}") if prefix else (lambda name: name)
+    if isinstance(labels, Mapping):
+        if not labels:
+            raise ValueError(f"the label dict{' under ' + repr(prefix) if prefix else ''} is empty")
+        flat = []
+        for key, value in labels.items():
+            if not isinstance(key, str):
+                raise TypeError(f"label dict keys must be str, got {type(key).__name__}: {key!r}")
+            flat.extend(_flatten(value, separator, join(key)))
+        return flat
+    if isinstance(labels, str):
+        return [join(labels)] if prefix else labels  # a bare str is rejected by check_labels
+    if not isinstance(labels, Sequence):
+        raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
+    if prefix and not labels:
+        raise ValueError(f"the label list under {prefix!r} is empty")
+    return [join(label) if isinstance(label, str) else label for label in labels]
+
+
+def _nest(structure: Any, scores: dict[str, float], pipe: ZeroShotPipeline, prefix: str = "") -> Any:
+    """Scores arranged like the input labels: nested dicts of {name: score}."""
+    join = (lambda name: f"{prefix}{pipe.label_separator}{name}") if prefix else (lambda name: name)
+    if isinstance(structure, Mapping):
+        return {key: _nest(value, scores, pipe, join(key)) for key, value in structure.items()}
+    if isinstance(structure, str):
+        return {structure: scores[join(structure)]}
+    return {label: scores[join(label)] for label in structure}
+
+
+def _partition(
+    labels: list[str],
+    text_cost: list[int],
+    dec_cost: list[int],
+    text_cap: float,
+    dec_cap: float,
+    max_size: int | None,
+) -> list[tuple[int, int]]:
+    """Contiguous label groups [(start, end)] that respect both token caps, as few and as even as possible."""
+    for i, label in enumerate(labels):
+        if text_cost[i] > text_cap or dec_cost[i] > dec_cap:
+            raise LabelBudgetError(
+                f"label {label!r} alone needs {max(text_cost[i], dec_cost[i])} tokens, more than the "
+                f"{int(min(text_cap, dec_cap))} a label group may use; shorten it (or lower min_chunk_tokens)"
+            )
+    n, size_cap = len(labels), max_size or len(labels)
+    lower = max(
+        math.ceil(sum(text_cost) / text_cap) if text_cap > 0 else 1,
+        math.ceil(sum(dec_cost) / dec_cap) if dec_cap < math.inf else 1,
+        math.ceil(n / size_cap),
+        1,
+    )
+    for k in range(lower, n + 1):
+        groups, start = [], 0
+        for g in range(k):
+            target = math.ceil((n - start) / (k - g))  # even label counts keep groups alike
+            end, used_text, used_dec = start, 0, 0
+            while (
+                end < n
+                and end - start < min(target, size_cap)
+                and used_text + text_cost[end] <= text_cap
+                and used_dec + dec_cost[end] <= dec_cap
+            ):
+                used_text, used_dec, end = used_text + text_cost[end], used_dec + dec_cost[end], end + 1
+            groups.append((start, end))
+            start = end
+            if start == n:
+                break
+        if start == n:
+            return [(a, b) for a, b in groups if b > a]
+    raise AssertionError("unreachable: one label per group always fits")
+
+
+def _chunks(text: str, offsets: list[tuple[int, int]], room: int, overlap: int) -> list[str]:
+    """Overlapping windows of at most `room` tokens, cut at the tokenizer's character offsets.
+
+    A window ends (and the next one starts) at a word boundary when one lies in the window's second half.
+    """
+    n = len(offsets)
+    if not offsets or n <= room:
+        return [text]
+
+    def glued(i: int) -> bool:  # token i continues the word of token i - 1 (no character gap)
+        return offsets[i][0] == offsets[i - 1][1]
+
+    chunks, start = [], 0
+    while True:
+        end = min(start + room, n)
+        cut = end
+        while end < n and cut > start + room // 2 and glued(cut):
+            cut -= 1
+        if end < n and not glued(cut):
+            end = cut
+        chunks.append(text[offsets[start][0] : offsets[end - 1][1]])
+        if end == n:
+            return chunks
+        following = max(end - min(overlap, room // 2), start + 1)
+        while following > start + 1 and glued(following):
+            following -= 1
+        start = following
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _pad_inputs(items: Sequence[Mapping[str, Any]], pad: int) -> dict[str, torch.Tensor]:
+    """Text inputs + labels_mask only: with cached label vectors the label token ids are not needed."""
+    batch = _pad_rows([item["input_ids"] for item in items], pad)
+    counts = torch.tensor([item["num_labels"] for item in items])
+    batch["labels_mask"] = torch.arange(int(counts.max())).unsqueeze(0) < counts.unsqueeze(1)
+    return batch

@@ -1,0 +1,82 @@
+"""LoRA post-training (paper 2.3.3, Table 1): adapters on a frozen GLiClass model, merged away on export.
+
+The presets (rank, alpha, target modules per backbone) live in `conf/lora/`. Only the adapters train, plus any
+`modules_to_save` named on purpose. `export_merged` folds the adapters into the weights (merge_and_unload) and
+writes a plain checkpoint in the official layout, loadable without peft.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from gliclass.modeling.model import GLiClassModel
+from gliclass.processing import GLiClassProcessor
+
+log = logging.getLogger(__name__)
+
+
+def matching_modules(model: nn.Module, target: str) -> list[str]:
+    """Module names peft's suffix rule picks for `target` ("dense" -> "...attention.output.dense", ...)."""
+    pattern = re.compile(rf"(^|\.){re.escape(target)}$")
+    return [name for name, _ in model.named_modules() if pattern.search(name)]
+
+
+def apply_lora(
+    model: nn.Module,
+    r: int,
+    alpha: float,
+    target_modules: Sequence[str],
+    dropout: float = 0.05,
+    modules_to_save: Sequence[str] | None = None,
+    use_rslora: bool = False,
+) -> PeftModel:
+    """Wrap `model` with LoRA adapters on `target_modules`; every other weight is frozen.
+
+    Targets absent from this model (e.g. the `mlp.*` scorer layers under a `simple` scorer) are dropped with a
+    warning; none found at all is an error, as a typo would otherwise train nothing.
+    """
+    if isinstance(model, PeftModel):
+        raise ValueError("the model already carries adapters; merge them (export_merged) before adding new ones")
+    present = [t for t in target_modules if matching_modules(model, t)]
+    missing = [t for t in target_modules if t not in present]
+    if not present:
+        raise ValueError(f"no LoRA target module {list(target_modules)} exists in {type(model).__name__}")
+    if missing:
+        log.warning("LoRA targets %s match no module of this model; adapting %s", missing, present)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        target_modules=present,
+        lora_dropout=dropout,
+        bias="none",
+        modules_to_save=list(modules_to_save) if modules_to_save else None,
+        use_rslora=use_rslora,
+    )
+    return get_peft_model(model, config)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """A merged copy (adapters folded into the base weights); the adapter model itself is left untouched."""
+    if not isinstance(model, PeftModel):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
+def export_merged(model: nn.Module, path: str | os.PathLike, processor: GLiClassProcessor | None = None) -> Path:
+    """Write the merged model (and its tokenizer files) as a plain GLiClass checkpoint at `path`."""
+    merged = merge_lora(model)
+    if not isinstance(merged, GLiClassModel):
+        raise TypeError(f"expected a GLiClassModel after merging, got {type(merged).__name__}")
+    path = Path(path)
+    merged.save_pretrained(path)
+    if processor is not None:
+        processor.save_pretrained(path)
+    return path

@@ -1,0 +1,240 @@
+"""`GLiClassModule`: supervised training (paper 2.3.1, pre-training stage) of a GLiClass model built outside.
+
+One `model_step` serves train, val and test. Validation runs on the held-out part of the training mix; test runs
+zero-shot on the datamodule's evaluation datasets, each with every one of its labels as a candidate, and decides
+like the pipeline: argmax over the text's labels for single-label datasets, sigmoid >= threshold for multi-label.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import nn
+from torchmetrics import MaxMetric
+
+from gliclass.modeling.architectures import GLiClassOutput
+from gliclass.modeling.losses import GLiClassLoss
+from gliclass.training.metrics import LabelF1, decide
+
+log = logging.getLogger(__name__)
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels_mask", "class_input_ids", "class_attention_mask")
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The model's tensors from a batch (which also holds `targets` and `label_names`)."""
+    return {key: batch[key] for key in MODEL_INPUT_KEYS if batch.get(key) is not None}
+
+
+class TooManySkippedBatchesError(RuntimeError):
+    """More training batches failed than the configured fraction allows: the run is broken, not unlucky."""
+
+
+class SkippedBatches:
+    """Counts training batches skipped after an out-of-memory error or a non-finite loss (paper 2.3.1).
+
+    The fraction is taken over at least `min_batches` batches, so a burst of failures at the start stops the run
+    after `max_fraction * min_batches` skips instead of on the very first one.
+    """
+
+    def __init__(self, max_fraction: float, min_batches: int) -> None:
+        if not 0 <= max_fraction < 1:
+            raise ValueError(f"max_skipped_fraction={max_fraction} must be in [0, 1)")
+        self.max_fraction = max_fraction
+        self.min_batches = max(1, min_batches)
+        self.seen = 0
+        self.skipped = 0
+
+    def record(self, failure: str | None, step: int) -> None:
+        self.seen += 1
+        if failure is None:
+            return
+        self.skipped += 1
+        log.warning("skipping training batch at step %d: %s (%d skipped so far)", step, failure, self.skipped)
+        if self.skipped > self.max_fraction * max(self.seen, self.min_batches):
+            raise TooManySkippedBatchesError(
+                f"{self.skipped} of {self.seen} training batches were skipped (last: {failure}), more than "
+                f"max_skipped_fraction={self.max_fraction} allows over at least {self.min_batches} batches. "
+                "Lower the learning rate or the batch size / max_length, or check the data."
+            )
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seen": self.seen, "skipped": self.skipped}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        self.seen, self.skipped = state["seen"], state["skipped"]
+
+
+class GLiClassModule(LightningModule):
+    """Supervised GLiClass training: `loss` on every batch, AdamW over encoder / head parameter groups.
+
+    `optimizer` and `scheduler` are partials (Hydra `_partial_: true`); `param_groups(model)` splits the parameters
+    (see `gliclass.training.optim.parameter_groups`); `scheduler(optimizer, num_training_steps=...)` is stepped
+    every optimiser step.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss: GLiClassLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        param_groups: Callable[[nn.Module], Iterable[Any]] | None = None,
+        scheduler: Callable[..., torch.optim.lr_scheduler.LRScheduler] | None = None,
+        threshold: float = 0.5,
+        max_skipped_fraction: float = 0.05,
+        min_batches: int = 100,
+    ) -> None:
+        super().__init__()
+        # the logger gets the whole flattened run config from run.py instead
+        self.save_hyperparameters(ignore=["model", "loss"], logger=False)
+        self.model = model
+        self.loss = loss
+        self.train_metrics = LabelF1(macro=False)
+        self.val_metrics = LabelF1()
+        self.test_metrics = nn.ModuleDict()  # one LabelF1 per evaluation dataset, made in `setup`
+        self.val_f1_best = MaxMetric()
+        self.val_f1_best.persistent(True)  # a resumed run keeps its best score
+        self.skipped = SkippedBatches(max_skipped_fraction, min_batches)
+        self.test_prefix = "test"
+        self.eval_datasets: list[tuple[str, bool]] = []  # (name, multi_label) per test dataloader
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        names: Sequence[str] = getattr(datamodule, "eval_names", [])
+        if stage == "test" and not names:
+            raise ValueError("testing needs a datamodule with `eval_names` and `eval_multi_label` (GLiClassDataModule)")
+        multi_label = datamodule.eval_multi_label if names else {}
+        self.eval_datasets = [(name, multi_label[name]) for name in names]
+        for name in names:
+            if name not in self.test_metrics:
+                self.test_metrics[name] = LabelF1()
+
+    @contextmanager
+    def logging_as(self, prefix: str):
+        """Log the test stage under another prefix, e.g. the zero-shot score of the untrained model."""
+        previous, self.test_prefix = self.test_prefix, prefix
+        try:
+            yield self
+        finally:
+            self.test_prefix = previous
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def forward(self, **inputs: torch.Tensor) -> GLiClassOutput:
+        return self.model(**inputs)
+
+    def model_step(self, batch: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], GLiClassOutput]:
+        output = self.model(**model_inputs(batch))
+        return self.loss(output, batch["targets"]), output
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        terms, output, failure = self._guarded_step(batch)
+        # every rank skips together, or DDP would wait forever for the skipping rank's gradients
+        skip = self.trainer.strategy.reduce_boolean_decision(failure is not None, all=False)
+        if skip and failure is None:
+            failure = "a batch failed in another process"
+        self.skipped.record(failure, self.global_step)
+        self.log("train/skipped_batches", float(self.skipped.skipped), on_step=True, on_epoch=False)
+        if skip:
+            return None  # Lightning then skips backward and the optimiser step
+        size = len(batch["input_ids"])
+        self.log("train/loss", terms["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_dict(
+            {f"train/loss_{name}": value for name, value in terms.items() if name != "loss"},
+            on_step=True,
+            on_epoch=False,
+            batch_size=size,
+        )
+        preds = decide(output.logits.detach(), output.labels_mask, multi_label=True, threshold=self.hparams.threshold)
+        self.train_metrics.update(preds, batch["targets"], output.labels_mask, batch["label_names"])
+        return terms["loss"]
+
+    def _guarded_step(
+        self, batch: Mapping[str, Any]
+    ) -> tuple[dict[str, torch.Tensor] | None, GLiClassOutput | None, str | None]:
+        """(loss terms, output, None), or (None, None, reason) for the recoverable failures; others propagate."""
+        try:
+            terms, output = self.model_step(batch)
+        except torch.OutOfMemoryError:
+            terms = output = None
+        if terms is None:
+            # outside the except block: its traceback no longer pins the failed step's tensors
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None, None, "out of memory"
+        if not torch.isfinite(terms["loss"]):
+            return None, None, f"non-finite loss ({terms['loss'].item()})"
+        return terms, output, None
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
+        self.train_metrics.reset()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        terms, output = self.model_step(batch)
+        self.log("val/loss", terms["loss"], on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        # the mix mixes single- and multi-label sources; the training objective's decision is the threshold
+        preds = decide(output.logits, output.labels_mask, multi_label=True, threshold=self.hparams.threshold)
+        self.val_metrics.update(preds, batch["targets"], output.labels_mask, batch["label_names"])
+
+    def on_validation_epoch_end(self) -> None:
+        scores = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=False)
+        if self.trainer.sanity_checking:
+            return
+        self.val_f1_best.update(scores["f1_macro"])
+        self.log("val/f1_macro_best", self.val_f1_best.compute(), prog_bar=True)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        name, multi_label = self.eval_datasets[dataloader_idx]
+        terms, output = self.model_step(batch)
+        self.log(
+            f"{self.test_prefix}/{name}/loss",
+            terms["loss"],
+            on_epoch=True,
+            add_dataloader_idx=False,
+            batch_size=len(batch["input_ids"]),
+        )
+        preds = decide(output.logits, output.labels_mask, multi_label, self.hparams.threshold)
+        self.test_metrics[name].update(preds, batch["targets"], output.labels_mask, batch["label_names"])
+
+    def on_test_epoch_end(self) -> None:
+        per_dataset = {}
+        for name, _ in self.eval_datasets:
+            per_dataset[name] = self.test_metrics[name].compute()
+            self.test_metrics[name].reset()
+        values = {
+            f"{self.test_prefix}/{name}/{k}": v for name, scores in per_dataset.items() for k, v in scores.items()
+        }
+        # the headline number: the unweighted mean over datasets of each score
+        for key in next(iter(per_dataset.values()), {}):
+            values[f"{self.test_prefix}/{key}"] = torch.stack([s[key] for s in per_dataset.values()]).mean()
+        self.log_dict(values, add_dataloader_idx=False)
+
+    # ----------------------------------------------------------------------------------------------- state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["skipped_batches"] = self.skipped.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "skipped_batches" in checkpoint:
+            self.skipped.load_state_dict(checkpoint["skipped_batches"])
+
+    # ----------------------------------------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = self.model.parameters()
+        if self.hparams.param_groups is not None:
+            groups = self.hparams.param_groups(self.model)
+        optimizer = self.hparams.optimizer(params=groups)
+        if self.hparams.scheduler is None:
+            return {"optimizer": optimizer}
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("a learning-rate schedule needs a finite run: set trainer.max_steps or max_epochs")
+        scheduler = self.hparams.scheduler(optimizer=optimizer, num_training_steps=int(total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

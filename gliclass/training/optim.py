@@ -1,0 +1,66 @@
+"""Optimiser parameter groups and learning-rate schedules (paper 2.3.2, "Layer-specific Optimization")."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+
+# submodules holding pretrained encoders (text, label, encoder-decoder); everything else is the freshly built head
+ENCODER_MODULES = frozenset({"encoder_model", "label_encoder", "encoder_decoder_model"})
+
+
+def is_encoder_parameter(name: str) -> bool:
+    """By path segment, so projectors such as `biencoder_projector` stay in the head (a substring test would not)."""
+    return not ENCODER_MODULES.isdisjoint(name.split("."))
+
+
+def no_decay_parameter_names(model: nn.Module) -> set[str]:
+    """Biases, normalisation weights (LayerNorm, RMSNorm, T5LayerNorm, ...) and scalars such as the logit scale."""
+    names = set()
+    for module_name, module in model.named_modules():
+        is_norm = "norm" in type(module).__name__.lower()
+        for param_name, param in module.named_parameters(recurse=False):
+            if is_norm or param_name == "bias" or param.ndim == 0:
+                names.add(f"{module_name}.{param_name}" if module_name else param_name)
+    return names
+
+
+def parameter_groups(model: nn.Module, encoder_lr: float, weight_decay: float = 0.01) -> list[dict[str, Any]]:
+    """Four named groups: encoder / head x decay / no decay. Head groups carry no `lr`, so they take the optimiser's.
+
+    Frozen parameters (e.g. outside LoRA adapters) are left out. Empty groups are dropped.
+    """
+    no_decay = no_decay_parameter_names(model)
+    groups: dict[str, dict[str, Any]] = {
+        "encoder": {"lr": encoder_lr, "weight_decay": weight_decay},
+        "encoder_no_decay": {"lr": encoder_lr, "weight_decay": 0.0},
+        "head": {"weight_decay": weight_decay},
+        "head_no_decay": {"weight_decay": 0.0},
+    }
+    members: dict[str, list[nn.Parameter]] = {name: [] for name in groups}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        group = "encoder" if is_encoder_parameter(name) else "head"
+        members[group + ("_no_decay" if name in no_decay else "")].append(param)
+    return [{"name": name, "params": members[name], **groups[name]} for name in groups if members[name]]
+
+
+def warmup_schedule(
+    optimizer: torch.optim.Optimizer,
+    num_training_steps: int,
+    name: str = "linear",
+    warmup_ratio: float = 0.05,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warmup over `warmup_ratio` of the optimiser steps, then `name` decay ("linear", "cosine", ...)."""
+    if not 0 <= warmup_ratio < 1:
+        raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
+    return get_scheduler(
+        name,
+        optimizer,
+        num_warmup_steps=int(warmup_ratio * num_training_steps),
+        num_training_steps=num_training_steps,
+    )

@@ -1,0 +1,331 @@
+"""PPO mid-training (paper 2.3.2, eqs. 25-32): each label slot is a Bernoulli action on the model's sigmoid score.
+
+Per batch: sample actions once, score them with the composite reward, store their log-probs, then make
+`num_rl_iters` clipped-ratio updates against those stored log-probs (eq. 26). The advantage is A_ij = R_ij - V(s_i)
+with V a small value head on the detached pooled text embedding (its own AdamW), or the batch-mean reward when the
+value head is off. L_total = L_PPO + L_value + L_KL + L_entropy (eq. 25). A setting of -1 (any value <= 0, or < 0
+for the focal alpha) switches a term off: it is neither computed nor logged, and the frozen reference model is not
+even built when the KL term is off.
+
+`PPOObjective` is the pure-torch loss; `PPOModule` is the LightningModule (manual optimisation: two optimisers,
+several steps per batch).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import nn
+
+from gliclass.modeling.architectures import GLiClassOutput
+from gliclass.training.rewards import CompositeReward, RewardResult, known_mask
+
+Tensor = torch.Tensor
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels_mask", "class_input_ids", "class_attention_mask")
+
+
+@dataclass
+class PPOSettings:
+    """Paper defaults (2.3.2): clip 0.2, 3 updates per batch, every optional term off (-1), Bernoulli actions."""
+
+    clip_eps: float = 0.2
+    num_rl_iters: int = 3
+    kl_beta: float = -1.0
+    entropy_beta: float = -1.0
+    focal_alpha: float = -1.0
+    focal_gamma: float = -1.0
+    label_smoothing: float = -1.0
+    actions: str = "bernoulli"  # or "threshold": a = 1[p > threshold] (eq. 32)
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.actions not in ("bernoulli", "threshold"):
+            raise ValueError(f"actions={self.actions!r}: choose 'bernoulli' or 'threshold'")
+        if self.num_rl_iters < 1:
+            raise ValueError(f"num_rl_iters={self.num_rl_iters} must be >= 1")
+        if not 0 < self.clip_eps < 1:
+            raise ValueError(f"clip_eps={self.clip_eps} must be in (0, 1)")
+        if self.label_smoothing >= 1 or self.focal_alpha > 1:
+            raise ValueError("label_smoothing must be < 1 and focal_alpha <= 1 (or -1 to disable)")
+
+    @property
+    def use_kl(self) -> bool:
+        return self.kl_beta > 0
+
+    @property
+    def use_entropy(self) -> bool:
+        return self.entropy_beta > 0
+
+    @property
+    def use_focal(self) -> bool:
+        return self.focal_alpha >= 0 or self.focal_gamma > 0
+
+    @property
+    def use_smoothing(self) -> bool:
+        return self.label_smoothing > 0
+
+
+def sample_actions(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
+    """Eq. 32: a ~ Bernoulli(p) (stochastic) or 1[p > threshold] (deterministic); float 0/1, no gradient."""
+    probs = torch.sigmoid(logits.detach().float())
+    if mode == "bernoulli":
+        return torch.bernoulli(probs)
+    return (probs > threshold).float()
+
+
+def action_log_probs(logits: Tensor, actions: Tensor, smoothing: float = -1.0) -> Tensor:
+    """log pi(a | s) per slot from logits (stable log-sigmoids); eq. 31 smooths the actions towards 0.5 first."""
+    if smoothing > 0:
+        actions = (1 - smoothing) * actions + 0.5 * smoothing
+    logits = logits.float()
+    return actions * F.logsigmoid(logits) + (1 - actions) * F.logsigmoid(-logits)
+
+
+def bernoulli_kl(ref_logits: Tensor, logits: Tensor) -> Tensor:
+    """Exact per-slot D_KL(pi_ref || pi_theta) between two Bernoullis (eq. 28); exactly 0 where they are equal."""
+    ref_logits, logits = ref_logits.float(), logits.float()
+    p_ref = torch.sigmoid(ref_logits)
+    return p_ref * (F.logsigmoid(ref_logits) - F.logsigmoid(logits)) + (1 - p_ref) * (
+        F.logsigmoid(-ref_logits) - F.logsigmoid(-logits)
+    )
+
+
+def bernoulli_entropy(logits: Tensor) -> Tensor:
+    """Per-slot entropy H(pi_theta) of a Bernoulli (eq. 29)."""
+    logits = logits.float()
+    p = torch.sigmoid(logits)
+    return -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits))
+
+
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Per-slot -min(r A, clip(r, 1-eps, 1+eps) A) (eq. 26) and where the ratio left [1-eps, 1+eps]."""
+    ratio = torch.exp(logp - old_logp)
+    loss = -torch.min(ratio * advantages, ratio.clamp(1 - eps, 1 + eps) * advantages)
+    return loss, (ratio - 1).abs() > eps
+
+
+def focal_weights(probs: Tensor, targets: Tensor, actions: Tensor, known: Tensor, alpha: float, gamma: float) -> Tensor:
+    """Eq. 30 weights alpha_ij (p_t)^gamma; p_t is the probability of the true value where it is known, else of the
+    taken action. Detached: a weight on the PPO term, not an objective of its own."""
+    truth = torch.where(known, torch.nan_to_num(targets, nan=0.0).clamp(0, 1), actions)
+    probs = probs.detach()
+    weights = torch.ones_like(probs)
+    if gamma > 0:
+        weights = weights * (probs * truth + (1 - probs) * (1 - truth)) ** gamma
+    if alpha >= 0:
+        weights = weights * (alpha * truth + (1 - alpha) * (1 - truth))
+    return weights
+
+
+class PPOObjective:
+    """The loss terms of eq. 25 for one update; only enabled terms appear in the returned dict."""
+
+    def __init__(self, settings: PPOSettings) -> None:
+        self.settings = settings
+
+    def __call__(
+        self,
+        logits: Tensor,
+        actions: Tensor,
+        old_logp: Tensor,
+        advantages: Tensor,
+        active: Tensor,
+        targets: Tensor,
+        known: Tensor,
+        ref_logits: Tensor | None = None,
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(loss terms, detached monitors). `active` [B, C] marks the slots that receive a policy gradient."""
+        s = self.settings
+        mask = active.to(torch.float32)
+        num_active = mask.sum().clamp(min=1)
+        logp = action_log_probs(logits, actions, s.label_smoothing)
+        per_slot, clipped = clipped_surrogate(logp, old_logp, advantages, s.clip_eps)
+        if s.use_focal:
+            per_slot = per_slot * focal_weights(
+                torch.sigmoid(logits.float()), targets, actions, known, s.focal_alpha, s.focal_gamma
+            )
+        # eq. 26: sum over label slots, mean over the N samples of the batch
+        terms = {"ppo_loss": (per_slot * mask).sum() / logits.shape[0]}
+        monitors = {"clip_frac": (clipped.float() * mask).sum() / num_active}
+        if s.use_kl:
+            if ref_logits is None:
+                raise ValueError("kl_beta > 0 needs the reference policy's logits")
+            kl = (bernoulli_kl(ref_logits, logits) * mask).sum() / num_active
+            terms["kl_loss"] = s.kl_beta * kl
+            monitors["kl"] = kl.detach()
+        if s.use_entropy:
+            entropy = (bernoulli_entropy(logits) * mask).sum() / num_active
+            terms["entropy_loss"] = -s.entropy_beta * entropy  # a bonus: more entropy lowers the minimised loss
+            monitors["entropy"] = entropy.detach()
+        return terms, monitors
+
+
+class ValueHead(nn.Module):
+    """V(s): a small MLP on the pooled text embedding, detached so the value loss never moves the encoder."""
+
+    def __init__(self, hidden_size: int, inner_size: int = 256) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, inner_size), nn.GELU(), nn.Linear(inner_size, 1))
+
+    def forward(self, output: GLiClassOutput) -> Tensor:
+        state = output.text_embeddings.detach()
+        if state.dim() == 3:  # pooling "pass" keeps every token: average the real ones
+            mask = output.token_mask
+            if mask is None or mask.shape[:2] != state.shape[:2]:
+                mask = torch.ones(state.shape[:2], device=state.device)
+            weights = mask.to(state.dtype).unsqueeze(-1)
+            state = (state * weights).sum(1) / weights.sum(1).clamp(min=1)
+        return self.mlp(state.float()).squeeze(-1)
+
+
+class FrozenPolicy(nn.Module):
+    """pi_ref: a frozen copy of the starting model, always in eval mode (no dropout noise in the KL)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.policy = copy.deepcopy(model).requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> FrozenPolicy:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, **inputs: Tensor) -> Tensor:
+        return self.policy(**inputs).logits
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Tensor]:
+    return {key: batch[key] for key in MODEL_INPUT_KEYS if batch.get(key) is not None}
+
+
+def mean_reward(total: Tensor, active: Tensor) -> Tensor:
+    """Batch-mean reward: each sample's mean over its active slots, over the samples that have any."""
+    per_sample = (total * active).sum(-1) / active.sum(-1).clamp(min=1)
+    has_reward = active.any(-1)
+    return (per_sample * has_reward).sum() / has_reward.sum().clamp(min=1)
+
+
+def value_targets(value: Tensor, rewards: Tensor, active: Tensor) -> Tensor:
+    """Eq. 27: |V(s) - R|^2 averaged over the active slots (per-label rewards regress V to their mean)."""
+    mask = active.to(value.dtype)
+    return (((value.unsqueeze(1) - rewards) ** 2) * mask).sum() / mask.sum().clamp(min=1)
+
+
+class PPOModule(LightningModule):
+    """Mid-training with PPO on a GLiClass model (stage=mid).
+
+    `policy_optimizer` is a partial taking the parameters (or parameter groups) of the policy; `param_groups`, when
+    given, turns the model into those groups (the supervised stage's encoder / head learning rates).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy_optimizer: Callable[[Iterable[Any]], torch.optim.Optimizer],
+        param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+        reward: CompositeReward | Mapping[str, Mapping[str, Any]] | None = None,
+        ppo: PPOSettings | Mapping[str, Any] | None = None,
+        value_model: bool = True,
+        value_lr: float = 1e-4,
+        value_weight_decay: float = 0.01,
+        value_inner_size: int = 256,
+        max_grad_norm: float | None = 1.0,
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False  # several policy updates and a second optimiser per batch
+        self.model = model
+        self.settings = ppo if isinstance(ppo, PPOSettings) else PPOSettings(**dict(ppo or {}))
+        self.reward = reward if isinstance(reward, CompositeReward) else CompositeReward(reward)
+        self.objective = PPOObjective(self.settings)
+        self.policy_optimizer = policy_optimizer
+        self.param_groups = param_groups
+        self.value_lr, self.value_weight_decay = value_lr, value_weight_decay
+        self.max_grad_norm = max_grad_norm
+        self.reference = FrozenPolicy(model) if self.settings.use_kl else None
+        self.value_head = None
+        if value_model:
+            hidden = model.config.encoder_config.get_text_config().hidden_size
+            self.value_head = ValueHead(hidden, value_inner_size)
+        self.save_hyperparameters(
+            {"ppo": asdict(self.settings), "value_model": value_model, "value_lr": value_lr},
+            ignore=["model", "policy_optimizer", "param_groups", "reward"],
+        )
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        groups = self.param_groups(self.model) if self.param_groups is not None else self.model.parameters()
+        optimizers = [self.policy_optimizer(groups)]
+        if self.value_head is not None:
+            optimizers.append(
+                torch.optim.AdamW(self.value_head.parameters(), lr=self.value_lr, weight_decay=self.value_weight_decay)
+            )
+        return optimizers
+
+    def forward(self, **inputs: Tensor) -> GLiClassOutput:
+        return self.model(**inputs)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        inputs = model_inputs(batch)
+        output = self.model(**inputs)
+        labels_mask = output.labels_mask
+        targets = batch["targets"].to(output.logits.dtype)
+        known = known_mask(targets, labels_mask, batch)
+
+        # rollout: actions, rewards, advantages and old log-probs are fixed for all num_rl_iters updates
+        actions = sample_actions(output.logits, self.settings.actions, self.settings.threshold)
+        result = self.reward(actions, torch.sigmoid(output.logits.detach()), targets, labels_mask, batch)
+        active = result.covered
+        ref_logits = self.reference(**inputs) if self.reference is not None else None
+        if self.value_head is not None:
+            baseline = self.value_head(output).detach()
+        else:
+            baseline = mean_reward(result.total, active).expand(len(actions))
+        advantages = (result.total - baseline.unsqueeze(1)) * active
+        old_logp = action_log_probs(output.logits.detach(), actions, self.settings.label_smoothing)
+
+        logged: dict[str, Tensor] = {}
+        for iteration in range(self.settings.num_rl_iters):
+            if iteration > 0:
+                output = self.model(**inputs)
+            terms, monitors = self.objective(
+                output.logits, actions, old_logp, advantages, active, targets, known, ref_logits
+            )
+            if self.value_head is not None:
+                terms["value_loss"] = value_targets(self.value_head(output), result.total, active)
+            loss = torch.stack(list(terms.values())).sum()  # eq. 25: the value head's graph is separate
+            for optimizer in optimizers:
+                optimizer.zero_grad()
+            self.manual_backward(loss)
+            for optimizer in optimizers:
+                if self.max_grad_norm is not None:
+                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+                optimizer.step()
+            for name, value in {"loss": loss, **terms, **monitors}.items():
+                logged[name] = logged.get(name, 0) + value.detach() / self.settings.num_rl_iters
+
+        self._log_rollout(logged, result, advantages, active, len(actions))
+        return logged["loss"]
+
+    def _log_rollout(
+        self, logged: dict[str, Tensor], result: RewardResult, advantages: Tensor, active: Tensor, size: int
+    ) -> None:
+        logged["reward"] = mean_reward(result.total, active)
+        logged["advantage_mean"] = advantages.sum() / active.sum().clamp(min=1)
+        for name, values in result.components.items():
+            covered = result.has_reward[name]
+            logged[f"reward/{name}"] = (values * covered).sum() / covered.sum().clamp(min=1)
+        self.log_dict({f"train/{k}": v for k, v in logged.items()}, on_step=True, on_epoch=False, batch_size=size)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """The reward of the deterministic policy (p > threshold) on held-out data."""
+        output = self.model(**model_inputs(batch))
+        targets = batch["targets"].to(output.logits.dtype)
+        actions = sample_actions(output.logits, "threshold", self.settings.threshold)
+        result = self.reward(actions, torch.sigmoid(output.logits), targets, output.labels_mask, batch)
+        self.log("val/reward", mean_reward(result.total, result.covered), batch_size=len(actions))

@@ -1,0 +1,90 @@
+"""Train, test and export a GLiClass model; every setting is a Hydra config (conf/).
+
+    python run.py                                   # the default run: MiniLM uni-encoder, models/default/
+    python run.py experiment=minilm_bi              # a preset from conf/experiment/
+    python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun: one directory per job
+    python run.py ckpt_path=last                    # resume this run from its last.ckpt (fresh if there is none)
+    python run.py hparams_search=optuna             # an Optuna sweep over the optimisation settings
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
+
+from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which the configs read)
+    apply_extras,
+    instantiate_all,
+    log_hyperparameters,
+    zero_shot_summary,
+)
+
+log = logging.getLogger(__name__)
+
+
+def scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {key: float(value) for key, value in metrics.items() if not torch.is_tensor(value) or value.numel() == 1}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Build everything from `cfg`, then (optionally) score the untrained model, fit, test and export.
+
+    Returns every metric the stages logged (train/..., val/..., test/..., zeroshot_untrained/...).
+    """
+    apply_extras(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+
+    log.info("building the model (%s)", cfg.model.backbone.get("name") or cfg.model.backbone.spec.model_type)
+    model, processor = instantiate(cfg.model)
+    datamodule = instantiate(cfg.data, processor=processor)
+    module = instantiate(cfg.module, model=model)
+    loggers = instantiate_all(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False)
+
+    metrics: dict[str, float] = {}
+    if cfg.eval_untrained and cfg.test:
+        log.info("zero-shot evaluation of the untrained model")
+        with module.logging_as("zeroshot_untrained"):
+            trainer.test(module, datamodule=datamodule)
+        metrics |= scalars(trainer.callback_metrics)
+    if cfg.train:
+        log.info("training (ckpt_path=%s)", cfg.ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        metrics |= scalars(trainer.callback_metrics)
+    if cfg.test:
+        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path)
+        metrics |= scalars(trainer.callback_metrics)
+    if cfg.export and trainer.is_global_zero:
+        export_dir = Path(cfg.paths.export_dir)
+        model.save_pretrained(export_dir)
+        processor.save_pretrained(export_dir)
+        log.info("exported the model to %s", export_dir)
+
+    summary = zero_shot_summary(metrics)
+    if summary and trainer.is_global_zero:
+        log.info(summary)
+    log_hyperparameters(loggers, cfg, {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test")})
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    value = metrics.get(cfg.get("optimized_metric"))
+    if cfg.get("optimized_metric") and value is None:
+        log.warning("optimized_metric %r was not logged; logged: %s", cfg.optimized_metric, sorted(metrics))
+    return value
+
+
+if __name__ == "__main__":
+    main()

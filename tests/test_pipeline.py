@@ -1,0 +1,376 @@
+"""ZeroShotPipeline on tiny random models: outputs, chunking and label groups vs brute force, caches, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import TINY_BACKBONES, tiny_model, tiny_tokenizer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gliclass import build_model
+from gliclass.pipeline import ZeroShotPipeline
+
+# words of the tiny vocabulary: one WordPiece token each, so token windows are word windows
+SENTENCE = (
+    "the movie was good but the food was bad and the service was terrible so the music was great and we "
+    "would make time for it on the first day of travel to the hotel with my phone"
+)
+WORDS = SENTENCE.split(" ")
+LABELS = ["positive", "negative", "neutral"]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny tensors: extra intra-op threads only spin on the shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def uni():
+    return tiny_model("bert", max_length=48)
+
+
+@pytest.fixture
+def pipe(uni):
+    return ZeroShotPipeline(*uni)
+
+
+def direct_logits(model, processor, text, labels, prompt=None, examples=None) -> torch.Tensor:
+    """The model on one (text, labels) row, no pipeline; asserts the processor did not need to cut anything."""
+    batch = processor([text], [labels], prompts=[prompt], examples=[examples])
+    full = processor.tokenizer(processor.segments(text, labels, prompt, examples).string)["input_ids"]
+    assert len(full) == batch["input_ids"].shape[1] <= processor.budget
+    with torch.inference_mode():
+        return model(**batch).logits[0, : len(labels)]
+
+
+def logits_of(pipe, texts, labels, **kwargs) -> list[torch.Tensor]:
+    return [torch.tensor(list(row["logits"].values())) for row in pipe.logits(texts, labels, **kwargs)]
+
+
+# ----------------------------------------------------------------------------- basic outputs
+def test_multi_label_output_is_sorted_and_thresholded(pipe):
+    scores = pipe.scores("good movie", LABELS)[0]
+    assert list(scores) == LABELS
+    out = pipe("good movie", LABELS, threshold=0.3)
+    assert [p["label"] for p in out] == sorted((k for k in scores if scores[k] >= 0.3), key=lambda k: -scores[k])
+    assert all(math.isclose(p["score"], scores[p["label"]]) for p in out)
+    assert pipe("good movie", LABELS, threshold=0.0).__len__() == 3
+    assert pipe("good movie", LABELS, threshold=1.0) == [p for p in out if p["score"] >= 1.0]
+
+
+def test_single_label_softmax_and_top1(pipe):
+    scores = pipe.scores(["good movie", "bad food"], LABELS, multi_label=False)
+    for row in scores:
+        assert math.isclose(sum(row.values()), 1.0, rel_tol=1e-5)
+    out = pipe(["good movie", "bad food"], LABELS, multi_label=False)
+    for row, predicted in zip(scores, out, strict=True):
+        assert len(predicted) == 1 and predicted[0]["label"] == max(row, key=row.get)
+
+
+def test_str_input_returns_one_list_and_list_input_a_list_per_text(pipe):
+    one = pipe("good movie", LABELS)
+    many = pipe(["good movie"], LABELS)
+    assert isinstance(one, list) and (not one or isinstance(one[0], dict))
+    assert many == [one]
+    assert pipe([], LABELS) == []
+
+
+def test_ties_keep_input_label_order(uni):
+    model, processor = uni
+
+    class Constant(torch.nn.Module):
+        """Equal logits for every label: the ranking must fall back to input order."""
+
+        config = model.config
+
+        def forward(self, input_ids, attention_mask, labels_mask, **_):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels_mask=labels_mask)
+            out.logits = torch.zeros_like(out.logits)
+            return out
+
+    pipe = ZeroShotPipeline(Constant(), processor, threshold=0.5)
+    labels = ["neutral", "positive", "negative", "sad"]
+    assert [p["label"] for p in pipe("good movie", labels)] == labels
+    assert pipe("good movie", labels, multi_label=False)[0]["label"] == "neutral"
+
+
+def test_per_text_thresholds_and_ragged_labels_match_single_calls(pipe):
+    texts = ["good movie", "the food was bad", "music"]
+    labels = [["positive"], ["food", "service", "negative", "positive"], ["music", "sport"]]
+    batched = logits_of(pipe, texts, labels)
+    for text, labels_i, row in zip(texts, labels, batched, strict=True):
+        torch.testing.assert_close(row, logits_of(pipe, text, labels_i)[0], atol=1e-4, rtol=1e-4)
+    out = pipe(texts, labels, threshold=[0.0, 1.0, 0.0])
+    assert len(out[0]) == 1 and out[1] == [] and len(out[2]) == 2
+
+
+def test_matches_direct_model_call_with_prompt_and_examples(pipe, uni):
+    examples = [{"text": "great film", "labels": ["positive"]}, {"text": "awful food", "labels": ["negative"]}]
+    got = logits_of(pipe, "good movie", LABELS, prompt="sentiment", examples=examples)[0]
+    torch.testing.assert_close(got, direct_logits(*uni, "good movie", LABELS, "sentiment", examples), atol=1e-5, rtol=0)
+    plain = logits_of(pipe, "good movie", LABELS)[0]
+    assert not torch.allclose(got, plain)  # the prompt and examples reach the model
+
+
+def test_per_text_prompts_and_examples(pipe, uni):
+    examples = [[{"text": "great film", "labels": ["positive"]}], None]
+    got = logits_of(pipe, ["good movie", "bad food"], LABELS, prompt=["sentiment", None], examples=examples)
+    torch.testing.assert_close(
+        got[0], direct_logits(*uni, "good movie", LABELS, "sentiment", examples[0]), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(got[1], direct_logits(*uni, "bad food", LABELS), atol=1e-4, rtol=0)
+
+
+def test_hierarchical_labels_flattened_and_returned_nested(pipe):
+    labels = {"sentiment": ["positive", "negative"], "topic": {"food": ["price", "quality"], "sport": "team"}}
+    flat = ["sentiment.positive", "sentiment.negative", "topic.food.price", "topic.food.quality", "topic.sport.team"]
+    scores = pipe.scores("good food", labels)[0]
+    assert list(scores) == flat
+    nested = pipe("good food", labels, return_hierarchy=True)
+    assert nested["sentiment"] == {"positive": scores[flat[0]], "negative": scores[flat[1]]}
+    assert nested["topic"]["food"]["quality"] == scores[flat[3]] and nested["topic"]["sport"] == {
+        "team": scores[flat[4]]
+    }
+    per_text = pipe(["good food", "bad"], [labels, {"x": ["y"]}], return_hierarchy=True)
+    assert per_text[1] == {"x": {"y": pytest.approx(pipe.scores("bad", ["x.y"])[0]["x.y"])}}
+
+
+def test_logits_output_shapes(pipe):
+    out = pipe.logits(["good movie", "bad"], [LABELS, ["food"]])
+    assert list(out[0]["logits"]) == LABELS and list(out[1]["class_embeddings"]) == ["food"]
+    assert out[0]["text_embedding"].shape == (32,)
+    assert out[0]["class_embeddings"]["neutral"].shape == (32,)
+
+
+@pytest.mark.parametrize("text", ["   ", "\n\t", "😀🎉 emoji only", "naïve café — ünïcödé ✓", "a" * 3])
+def test_whitespace_and_unicode_texts_work(pipe, text):
+    scores = pipe.scores(text, LABELS)[0]
+    assert list(scores) == LABELS and all(0.0 <= s <= 1.0 for s in scores.values())
+
+
+# ----------------------------------------------------------------------------- long texts
+def test_long_text_is_chunked_with_overlap_and_matches_brute_force(uni):
+    model, processor = uni
+    pipe = ZeroShotPipeline(model, processor, chunk_overlap=8)
+    assert all(len(processor.tokenizer.tokenize(word)) == 1 for word in WORDS)
+    text = " ".join(WORDS * 3)  # 120 one-token words; 48-token budget
+    labels = ["positive", "negative"]
+    # room for text = budget - [CLS] <<SEP>> [SEP] - 2 x (<<LABEL>> + one-token label)
+    room = processor.budget - 3 - 4
+    starts = list(range(0, len(WORDS) * 3 - room + (room - 8), room - 8))
+    expected_chunks = [" ".join((WORDS * 3)[s : s + room]) for s in starts]
+    assert (room - 8) * (len(starts) - 1) + room >= len(WORDS) * 3  # the windows cover every word
+    units = pipe._plan(pipe._requests(text, labels, None, None, None, None)[0])
+    assert [u.text for u in units] == expected_chunks
+    chunk_logits = torch.stack([direct_logits(model, processor, chunk, labels) for chunk in expected_chunks])
+    got = logits_of(pipe, text, labels)[0]
+    torch.testing.assert_close(got, chunk_logits.max(0).values, atol=1e-4, rtol=0)
+    for multi in (True, False):
+        activation = torch.sigmoid if multi else (lambda x: torch.softmax(x, dim=-1))
+        probs = activation(chunk_logits)
+        expected = {
+            "max": probs.max(0).values,
+            "mean": probs.mean(0),
+            "logit-mean": activation(chunk_logits.mean(0)),
+        }
+        for how, value in expected.items():
+            pipe.aggregation = how
+            got = torch.tensor(list(pipe.scores(text, labels, multi_label=multi)[0].values()))
+            torch.testing.assert_close(got, value, atol=1e-4, rtol=0)
+
+
+def test_text_is_never_cut(uni):
+    model, processor = uni
+    pipe = ZeroShotPipeline(model, processor, chunk_overlap=0)
+    text = " ".join(f"{w}{i % 7}" for i, w in enumerate(WORDS * 2))  # words that split into several pieces
+    units = pipe._plan(pipe._requests(text, LABELS, None, None, None, None)[0])
+    assert len(units) > 1
+    assert all(u.length <= processor.budget for u in units)
+    assert all(text.startswith(u.text) or f" {u.text}" in text for u in units)  # chunks end at word boundaries
+    rebuilt = " ".join(u.text for u in units)
+    assert rebuilt == text  # no overlap: the chunks concatenate back to the text
+
+
+# ----------------------------------------------------------------------------- many labels
+def test_label_groups_match_brute_force(uni):
+    model, processor = uni
+    labels = ["positive", "negative", "neutral", "happy", "sad", "angry", "fear", "joy", "surprise", "disgust"]
+    pipe = ZeroShotPipeline(model, processor, max_labels_per_group=4)
+    groups = [labels[0:4], labels[4:7], labels[7:10]]  # as even as possible, in input order
+    expected = torch.cat([direct_logits(model, processor, "good movie", group) for group in groups])
+    got = logits_of(pipe, "good movie", labels)[0]
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=0)
+    # single-label across groups: one softmax over every label's logit
+    single = torch.tensor(list(pipe.scores("good movie", labels, multi_label=False)[0].values()))
+    torch.testing.assert_close(single, torch.softmax(expected, -1), atol=1e-5, rtol=0)
+
+
+def test_labels_over_the_budget_are_grouped_and_text_chunked(uni):
+    model, processor = uni
+    pipe = ZeroShotPipeline(model, processor)
+    labels = [f"{a} {b}" for a in ["good", "bad", "new", "old"] for b in ["movie", "food", "phone", "team", "book"]]
+    text = " ".join(WORDS * 2)
+    requests = pipe._requests(text, labels, None, None, None, None)[0]
+    units = pipe._plan(requests)
+    assert len({u.group for u in units}) > 1 and len({u.chunk for u in units}) > 1
+    assert all(u.length <= processor.budget for u in units)
+    covered = sorted(i for u in units if u.chunk == 0 for i in range(u.label_start, u.label_start + len(u.labels)))
+    assert covered == list(range(len(labels)))
+    logits = logits_of(pipe, text, labels)[0]
+    for unit in units:  # every row scored exactly as the model scores it alone; logits are the max over chunks
+        row = direct_logits(model, processor, unit.text, unit.labels)
+        assert torch.all(logits[unit.label_start : unit.label_start + len(unit.labels)] >= row - 1e-4)
+
+
+def test_thousand_labels_on_a_512_position_backbone():
+    torch.manual_seed(0)
+    backbone = {**TINY_BACKBONES["bert"], "max_position_embeddings": 512}
+    model, processor = build_model(backbone, tokenizer=tiny_tokenizer(), initializer_range=0.3)
+    pipe = ZeroShotPipeline(model.eval(), processor, batch_size=16)
+    vocab = [w for w in WORDS if len(w) > 2]
+    labels = [f"{vocab[i % len(vocab)]} {i}" for i in range(1000)]
+    assert len(set(labels)) == 1000 and processor.budget == 512
+    scores = pipe.scores(["good movie", " ".join(WORDS * 20)], labels)
+    assert all(list(row) == labels for row in scores)
+    units = pipe._plan(pipe._requests("good movie", labels, None, None, None, None)[0])
+    assert len(units) > 1 and all(u.length <= 512 for u in units)
+
+
+# ----------------------------------------------------------------------------- other architectures, caches
+@pytest.mark.parametrize("arch", ["bi-encoder", "bi-encoder-fused"])
+def test_bi_encoder_label_cache_equals_no_cache(arch):
+    model, processor = tiny_model("bert", architecture_type=arch, max_length=48)
+    calls = []
+    encode = model.encode_labels
+    model.encode_labels = lambda ids, mask: calls.append(ids.shape[0]) or encode(ids, mask)
+    cached = ZeroShotPipeline(model, processor)
+    plain = ZeroShotPipeline(model, processor, label_cache=False)
+    texts = ["good movie", " ".join(WORDS * 2), "bad"]
+    labels = [LABELS, ["food", "service", "positive"], ["music"]]
+    for a, b in zip(logits_of(cached, texts, labels), logits_of(plain, texts, labels), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert sum(calls) == 6  # the cached pipeline encoded each distinct label once
+    cached.scores(texts, labels)
+    assert sum(calls) == 6  # ... and reused them on the next call
+    cached.clear_label_cache()
+    cached.scores("x", ["music"])
+    assert sum(calls) == 7
+
+
+def test_encoder_decoder_groups_labels_by_decoder_budget():
+    model, processor = tiny_model(architecture_type="encoder-decoder", max_length=16)
+    pipe = ZeroShotPipeline(model, processor)
+    labels = ["positive", "negative", "neutral", "happy", "sad", "angry", "fear", "joy", "surprise", "disgust"]
+    units = pipe._plan(pipe._requests("good movie", labels, None, None, None, None)[0])
+    assert len(units) > 1
+    for unit in units:
+        block = processor.tokenizer(processor.label_block(unit.labels))["input_ids"]
+        assert len(block) <= processor.budget
+    expected = torch.cat([direct_logits(model, processor, "good movie", u.labels) for u in units])
+    torch.testing.assert_close(logits_of(pipe, "good movie", labels)[0], expected, atol=1e-4, rtol=0)
+
+
+def test_from_pretrained_round_trip(uni, tmp_path):
+    model, processor = uni
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded = ZeroShotPipeline.from_pretrained(tmp_path, batch_size=2, multi_label=False)
+    assert loaded.batch_size == 2 and loaded.multi_label is False
+    texts = ["good movie", " ".join(WORDS * 2)]
+    for a, b in zip(logits_of(loaded, texts, LABELS), logits_of(ZeroShotPipeline(*uni), texts, LABELS), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ZeroShotPipeline.from_pretrained(tmp_path / "missing")
+
+
+# ----------------------------------------------------------------------------- bad input
+BAD_CALLS = [
+    (dict(texts=""), ValueError, "text 0 is empty"),
+    (dict(texts=["ok", ""]), ValueError, "text 1 is empty"),
+    (dict(texts=None), TypeError, "texts must be"),
+    (dict(texts=["ok", None]), TypeError, "text 1 must be a str"),
+    (dict(texts=[1]), TypeError, "text 0 must be a str"),
+    (dict(texts={"a": 1}), TypeError, "texts must be"),
+    (dict(labels=[]), ValueError, "label list is empty"),
+    (dict(labels=None), TypeError, "labels must be"),
+    (dict(labels="positive"), TypeError, "not a str"),
+    (dict(labels=["a", "a"]), ValueError, "duplicate labels: \\['a'\\]"),
+    (dict(labels=["a", 3]), TypeError, "every label must be a str"),
+    (dict(labels=["a", ""]), ValueError, "empty or whitespace"),
+    (dict(labels=["a", "<<LABEL>>"]), ValueError, "reserved token"),
+    (dict(labels=["a", ["b"]]), TypeError, "mixes strings and lists"),
+    (dict(labels=[["a"], ["b"]]), ValueError, "1 texts but 2 label lists"),
+    (dict(labels=[[]]), ValueError, "labels of text 0: the label list is empty"),
+    (dict(labels={}), ValueError, "label dict is empty"),
+    (dict(labels={"a": []}), ValueError, "under 'a' is empty"),
+    (dict(labels={"a": ["x.y"], "a.x": ["y"]}), ValueError, "duplicate"),
+    (dict(threshold=1.5), ValueError, "threshold must be in \\[0, 1\\]"),
+    (dict(threshold=-0.1), ValueError, "threshold must be in \\[0, 1\\]"),
+    (dict(threshold=float("nan")), ValueError, "threshold must be in"),
+    (dict(threshold="0.5"), TypeError, "threshold must be a number"),
+    (dict(threshold=True), TypeError, "threshold must be a number"),
+    (dict(threshold=[0.5, 0.5]), ValueError, "1 texts but 2 values of threshold"),
+    (dict(multi_label="yes"), TypeError, "multi_label must be True or False"),
+    (dict(prompt=3), TypeError, "prompt 0 must be a str"),
+    (dict(examples=[{"labels": ["a"]}]), ValueError, "few-shot example must be a dict with 'text'"),
+    (dict(examples="x"), TypeError, "examples must be"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), BAD_CALLS)
+def test_bad_input_raises_a_named_error(pipe, kwargs, error, message):
+    call = {"texts": "good movie", "labels": LABELS, **kwargs}
+    with pytest.raises(error, match=message):
+        pipe(call.pop("texts"), call.pop("labels"), **call)
+
+
+def test_bad_constructor_arguments(uni):
+    for kwargs, message in [
+        (dict(batch_size=0), "batch_size"),
+        (dict(threshold=2), "threshold"),
+        (dict(aggregation="median"), "aggregation"),
+        (dict(chunk_overlap=-1), "chunk_overlap"),
+        (dict(max_labels_per_group=0), "max_labels_per_group"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ZeroShotPipeline(*uni, **kwargs)
+
+
+def test_a_label_longer_than_the_budget_is_named(pipe):
+    with pytest.raises(ValueError, match="alone needs"):
+        pipe("good movie", ["positive", " ".join(WORDS * 2)])
+
+
+text_strategy = st.one_of(st.text(max_size=80), st.none(), st.integers(), st.just("   "), st.just("😀 good"))
+label_strategy = st.one_of(
+    st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none()), max_size=6),
+    st.text(max_size=5),
+    st.none(),
+    st.dictionaries(st.text(max_size=4), st.lists(st.text(min_size=1, max_size=6), max_size=3), max_size=2),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    texts=st.one_of(text_strategy, st.lists(text_strategy, max_size=3)),
+    labels=label_strategy,
+    threshold=st.one_of(st.none(), st.floats(allow_nan=True), st.just(0.5)),
+    multi_label=st.one_of(st.none(), st.booleans()),
+)
+def test_fuzz_only_named_errors(pipe, texts, labels, threshold, multi_label):
+    try:
+        out = pipe(texts, labels, threshold=threshold, multi_label=multi_label)
+    except (ValueError, TypeError) as error:
+        assert str(error)  # every rejection says what was wrong
+        return
+    assert isinstance(out, list)
+    rows = [out] if isinstance(texts, str) else out
+    for row in rows:
+        assert all(0.0 <= p["score"] <= 1.0 for p in row)

@@ -1,0 +1,191 @@
+"""GLiClassModule: fault tolerance (skipped batches), metrics and evaluation decisions, on a tiny model."""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+from collections.abc import Sequence
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from gliclass.data import Example, GLiClassCollator, GLiClassDataset
+from gliclass.evaluation.metrics import macro_f1
+from gliclass.modeling.losses import GLiClassLoss
+from gliclass.training.metrics import LabelF1, decide
+from gliclass.training.module import GLiClassModule, TooManySkippedBatchesError
+from gliclass.training.optim import parameter_groups
+
+WORDS = ["good", "bad", "storm", "goal", "vote", "film", "rain", "team"]
+LABELS = ["positive", "negative", "weather", "sports", "politics"]
+
+
+def examples(n: int, seed: int = 0, nan_rows: Sequence[int] = ()) -> list[Example]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        labels = rng.sample(LABELS, rng.randint(2, 4))
+        score = math.nan if i in nan_rows else 1.0
+        out.append(Example(" ".join(rng.choices(WORDS, k=5)), labels, {labels[0]: score}))
+    return out
+
+
+class ListDataModule(L.LightningDataModule):
+    """In-memory examples behind the GLiClassDataModule contract (eval_names, eval_multi_label)."""
+
+    def __init__(self, processor, train: list[Example], evals: dict[str, tuple[list[Example], bool]] | None = None):
+        super().__init__()
+        self.processor, self.train, self.evals = processor, train, evals or {}
+        self.eval_names = list(self.evals)
+        self.eval_multi_label = {name: multi for name, (_, multi) in self.evals.items()}
+
+    def loader(self, rows: list[Example]) -> DataLoader:
+        dataset = GLiClassDataset(rows, self.processor)
+        return DataLoader(dataset, batch_size=2, collate_fn=GLiClassCollator(self.processor))
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.loader(rows) for rows, _ in self.evals.values()]
+
+
+def make_module(model, **kwargs) -> GLiClassModule:
+    return GLiClassModule(
+        model,
+        GLiClassLoss(),
+        optimizer=functools.partial(torch.optim.AdamW, lr=1e-3),
+        param_groups=functools.partial(parameter_groups, encoder_lr=1e-3),
+        **kwargs,
+    )
+
+
+def trainer(**kwargs) -> L.Trainer:
+    options = dict(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return L.Trainer(**{**options, **kwargs})
+
+
+def test_a_nan_batch_is_skipped_and_counted(make_tiny):
+    model, processor = make_tiny("bert")
+    before = [p.detach().clone() for p in model.parameters()]
+    module = make_module(model)
+    run = trainer()
+    run.fit(module, datamodule=ListDataModule(processor, examples(8, nan_rows=[2])))  # batch 1 holds the NaN
+    assert module.skipped.state_dict() == {"seen": 4, "skipped": 1}
+    assert run.callback_metrics["train/skipped_batches"] == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_too_many_skipped_batches_stop_the_run_with_a_clear_error(make_tiny):
+    model, processor = make_tiny("bert")
+    module = make_module(model, max_skipped_fraction=0.3, min_batches=4)
+    data = ListDataModule(processor, examples(16, nan_rows=[0, 2, 4]))  # batches 0, 1, 2 fail
+    with pytest.raises(TooManySkippedBatchesError, match=r"2 of 2 training batches were skipped.*non-finite loss"):
+        trainer().fit(module, datamodule=data)
+
+
+def test_out_of_memory_is_skipped_but_a_bug_is_raised(make_tiny, monkeypatch):
+    model, processor = make_tiny("bert")
+    forward = model.forward
+    calls = []
+
+    def failing(error: Exception):
+        def patched(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise error
+            return forward(*args, **kwargs)
+
+        return patched
+
+    monkeypatch.setattr(model, "forward", failing(torch.OutOfMemoryError("CUDA out of memory")))
+    module = make_module(model)
+    trainer().fit(module, datamodule=ListDataModule(processor, examples(8)))
+    assert module.skipped.skipped == 1
+
+    calls.clear()
+    monkeypatch.setattr(model, "forward", failing(RuntimeError("a genuine bug")))
+    with pytest.raises(RuntimeError, match="a genuine bug"):
+        trainer().fit(make_module(model), datamodule=ListDataModule(processor, examples(8)))
+
+
+def test_skip_counters_and_best_score_are_checkpointed(make_tiny):
+    model, _ = make_tiny("bert")
+    module = make_module(model)
+    module.skipped.load_state_dict({"seen": 10, "skipped": 2})
+    module.val_f1_best.update(torch.tensor(0.7))
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    restored = make_module(make_tiny("bert")[0])
+    restored.load_state_dict(checkpoint["state_dict"])
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.skipped.state_dict() == {"seen": 10, "skipped": 2}
+    assert restored.val_f1_best.compute().item() == pytest.approx(0.7)
+
+
+def test_test_stage_decides_per_dataset_and_logs_under_a_prefix(make_tiny):
+    model, processor = make_tiny("bert")
+    single = [Example(f"{w} day", ["positive", "negative"], {"positive": 1.0}) for w in WORDS]
+    multi = [Example(f"{w} night", ["weather", "sports", "politics"], {"weather": 1.0, "sports": 1.0}) for w in WORDS]
+    data = ListDataModule(processor, examples(4), {"reviews": (single, False), "topics": (multi, True)})
+    module = make_module(model)
+    run = trainer()
+    with module.logging_as("zeroshot_untrained"):
+        run.test(module, datamodule=data, verbose=False)
+    untrained = dict(run.callback_metrics)
+    run.test(module, datamodule=data, verbose=False)
+    for prefix in ("zeroshot_untrained", "test"):
+        assert {f"{prefix}/reviews/f1_macro", f"{prefix}/topics/recall_micro", f"{prefix}/f1_macro"} <= set(
+            untrained if prefix != "test" else run.callback_metrics
+        )
+    mean = (run.callback_metrics["test/reviews/f1_macro"] + run.callback_metrics["test/topics/f1_macro"]) / 2
+    assert run.callback_metrics["test/f1_macro"].item() == pytest.approx(mean.item())
+    # single-label: exactly one decision per text, so micro F1 is the accuracy
+    scores = processor([e.text for e in single], [e.all_labels for e in single])
+    predicted = model(**scores).logits.argmax(-1)
+    assert run.callback_metrics["test/reviews/f1_micro"].item() == pytest.approx((predicted == 0).float().mean().item())
+
+
+def test_decisions():
+    logits = torch.tensor([[0.2, 3.0, 9.0], [-1.0, -2.0, 0.0]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    assert decide(logits, mask, multi_label=False).tolist() == [[False, True, False], [False, False, True]]
+    assert decide(logits, mask, multi_label=True).tolist() == [[True, True, False], [False, False, True]]
+    assert decide(logits, mask, multi_label=True, threshold=0.9).tolist() == [[False, True, False], [False] * 3]
+
+
+def test_label_metrics_follow_names_not_slots_and_match_the_evaluation_macro_f1():
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c", "d"]
+    truth = rng.random((30, 4)) > 0.6
+    pred = rng.random((30, 4)) > 0.5
+    truth[:, 3] = pred[:, 3] = False  # a label never true nor predicted does not count in the macro average
+    metric = LabelF1()
+    for start in range(0, 30, 10):  # three batches, each with the labels in a different order
+        order = rng.permutation(4)
+        rows = slice(start, start + 10)
+        metric.update(
+            torch.tensor(pred[rows][:, order]),
+            torch.tensor(truth[rows][:, order], dtype=torch.float),
+            torch.ones(10, 4, dtype=torch.bool),
+            [[names[j] for j in order]] * 10,
+        )
+    scores = metric.compute()
+    assert scores["f1_macro"].item() == pytest.approx(macro_f1(truth, pred), rel=1e-6)
+    tp, fp, fn = (truth & pred).sum(), (~truth & pred).sum(), (truth & ~pred).sum()
+    assert scores["f1_micro"].item() == pytest.approx(2 * tp / (2 * tp + fp + fn), rel=1e-6)
+    assert scores["precision_micro"].item() == pytest.approx(tp / (tp + fp), rel=1e-6)
+    assert scores["recall_micro"].item() == pytest.approx(tp / (tp + fn), rel=1e-6)
+    assert set(LabelF1(macro=False).compute()) == {"f1_micro", "precision_micro", "recall_micro"}

@@ -1,0 +1,157 @@
+"""run.py end to end on tiny backbones: fast_dev_run of every experiment, a short full run, multirun, resume, DDP."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from gliclass import GLiClassModel, GLiClassProcessor
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+def load_run_module():
+    spec = importlib.util.spec_from_file_location("gliclass_run", ROOT / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load_run_module()
+
+
+def compose_train(tmp_path: Path, overrides: list[str]) -> DictConfig:
+    """The run config with every output under tmp_path (the compose API has no Hydra run directory)."""
+    GlobalHydra.instance().clear()
+    paths = [f"paths.log_dir={tmp_path}", f"paths.output_dir={tmp_path}", f"paths.export_dir={tmp_path}/model"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="train", overrides=[*overrides, *paths, "extras.print_config=false"])
+
+
+def tiny_backbone_for(tmp_path: Path, experiment: str) -> str:
+    """Experiments name hub backbones; tests swap in a tiny random one of the same kind."""
+    arch = compose_train(tmp_path, [f"experiment={experiment}"]).model.config.architecture_type
+    return "backbone=tiny_t5" if arch == "encoder-decoder" else "backbone=tiny_deberta"
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_fast_dev_run(tmp_path, experiment):
+    overrides = ["debug=fdr", "data=tiny", "backbone=tiny_deberta"]
+    if experiment is not None:
+        overrides = [f"experiment={experiment}", *overrides[:2], tiny_backbone_for(tmp_path, experiment)]
+    metrics = run.train(compose_train(tmp_path, overrides))
+    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
+    assert {"val/f1_macro_best", "test/f1_macro", "test/sst2/f1_macro"} <= set(metrics)
+
+
+def test_short_run_logs_checkpoints_and_exports(tmp_path):
+    cfg = compose_train(
+        tmp_path,
+        [
+            "data=tiny",
+            "backbone=tiny_bert",
+            "trainer.max_steps=4",
+            "callbacks.model_checkpoint.every_n_train_steps=2",
+            "trainer.log_every_n_steps=1",
+        ],
+    )
+    metrics = run.train(cfg)
+    # the untrained model was scored the same way, before training
+    assert {"zeroshot_untrained/sst2/f1_macro", "test/sst2/f1_macro", "test/go_emotions/f1_macro"} <= set(metrics)
+    assert metrics["train/skipped_batches"] == 0
+    checkpoints = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert checkpoints == ["last.ckpt", "step_0000002.ckpt", "step_0000004.ckpt"]
+    events = list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and (tmp_path / "tensorboard" / "version_0" / "hparams.yaml").is_file()
+
+    model = GLiClassModel.from_pretrained(tmp_path / "model").eval()
+    processor = GLiClassProcessor.from_pretrained(tmp_path / "model")
+    batch = processor(["what a lovely film"], [["positive", "negative"]])
+    assert model(**batch).logits.shape == (1, 2)
+
+
+def run_py(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_ablation_multirun_writes_one_directory_per_job(tmp_path):
+    result = run_py(
+        "-m",
+        "arch=uni,bi,fused",
+        "pooling=first,mean,attn",
+        "backbone=tiny_deberta",
+        "data=tiny",
+        "++trainer.fast_dev_run=true",
+        "eval_untrained=false",
+        "test=false",
+        "export=false",
+        "logger=csv",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    jobs = sorted(p.name for p in (tmp_path / "train" / "multiruns" / "default").iterdir() if p.is_dir())
+    expected = sorted(f"arch={a},pooling={p}" for a in ("bi", "fused", "uni") for p in ("attn", "first", "mean"))
+    assert [job for job in jobs if not job.startswith(".")] == expected
+    for job in expected:
+        assert (tmp_path / "train" / "multiruns" / "default" / job / ".hydra" / "overrides.yaml").is_file()
+
+
+def final_state(tmp_path: Path, overrides: list[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    cfg = compose_train(tmp_path, overrides)
+    metrics = run.train(cfg)
+    weights = GLiClassModel.from_pretrained(tmp_path / "model").state_dict()
+    return metrics, weights
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path):
+    common = [
+        "data=tiny",
+        "backbone=tiny_bert",
+        "eval_untrained=false",
+        "logger=csv",
+        "trainer.max_epochs=3",
+        "callbacks.model_checkpoint.every_n_train_steps=1",
+    ]
+    steps = 12  # the tiny mix has 8 training batches per epoch: the break falls mid-epoch
+    unbroken, unbroken_weights = final_state(tmp_path / "a", [*common, f"trainer.max_steps={steps}"])
+    final_state(tmp_path / "b", [*common, f"trainer.max_steps={steps // 2 + 1}"])  # "killed" at step 7
+    resumed, resumed_weights = final_state(tmp_path / "b", [*common, f"trainer.max_steps={steps}", "ckpt_path=last"])
+    for key in ("val/f1_macro", "val/loss", "test/f1_macro", "test/sst2/f1_macro"):
+        assert resumed[key] == pytest.approx(unbroken[key], abs=1e-6), key
+    for name, tensor in unbroken_weights.items():
+        torch.testing.assert_close(resumed_weights[name], tensor, msg=name)
+
+
+@pytest.mark.slow
+def test_resuming_without_a_checkpoint_starts_fresh(tmp_path):
+    metrics = run.train(
+        compose_train(tmp_path, ["debug=fdr", "data=tiny", "backbone=tiny_bert", "ckpt_path=last"])
+    )
+    assert "test/f1_macro" in metrics
+
+
+@pytest.mark.slow
+def test_simulated_ddp_on_two_cpu_processes(tmp_path):
+    cfg = compose_train(
+        tmp_path,
+        ["trainer=ddp_sim", "data=tiny", "backbone=tiny_bert", "trainer.max_steps=2", "eval_untrained=false"],
+    )
+    metrics = run.train(cfg)
+    assert {"val/f1_macro", "test/f1_macro"} <= set(metrics)
+    assert (tmp_path / "model" / "config.json").is_file()
