@@ -36,6 +36,10 @@ def _as_config(value: Any, name_or_path: str | None) -> PretrainedConfig | None:
     return AutoConfig.for_model(model_type, **value)
 
 
+def _config_name(config: PretrainedConfig) -> str:
+    return config._name_or_path or f"{config.model_type}-from-config"
+
+
 class GLiClassConfig(PretrainedConfig):
     """Configuration of a GLiClass model (all architectures).
 
@@ -96,11 +100,14 @@ class GLiClassConfig(PretrainedConfig):
             else:
                 encoder_config = AutoConfig.from_pretrained(encoder_model)
         self.encoder_config = encoder_config
-        self.encoder_model_name = encoder_model
-        self.label_model_name = label_model_name
+        # the official loader needs both names as strings (it builds paths from them), even for random backbones
+        self.encoder_model_name = encoder_model or _config_name(encoder_config)
         self.label_model_config = _as_config(label_model_config, label_model_name)
         if self.label_model_config is None and label_model_name is not None:
             self.label_model_config = AutoConfig.from_pretrained(label_model_name)
+        self.label_model_name = label_model_name
+        if label_model_name is None and self.label_model_config is not None:
+            self.label_model_name = _config_name(self.label_model_config)
 
         text_config = encoder_config.get_text_config()
         self.hidden_size = hidden_size if hidden_size is not None else text_config.hidden_size

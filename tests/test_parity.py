@@ -158,3 +158,17 @@ def test_parity_covers_the_official_matrix() -> None:
     assert {"first", "last", "avg", "max", "sum", "rms", "abs_max", "abs_avg", "pass"} <= poolings
     assert {"simple", "weighted-dot", "mlp", "hopfield", "cross-attn"} <= scorers
     assert len(CONFIGS) >= 20
+
+
+def test_parity_roundtrip_recorded() -> None:
+    """Checkpoints saved by our package load in the official one with the same logits (scripts/official/roundtrip.py).
+
+    The official package lives in its own venv, so the check runs in the fixture script; this reads its record.
+    """
+    report = json.loads((OFFICIAL / "roundtrip.json").read_text())
+    assert report["versions"]["gliclass"] == "0.1.21"
+    archs = {c["architecture_type"] for c in report["checkpoints"]}
+    assert archs == {"uni-encoder", "bi-encoder", "bi-encoder-fused", "encoder-decoder"}
+    failed = [c["checkpoint"] for c in report["checkpoints"] if not c["pass"]]
+    assert not failed, f"official package disagrees on our checkpoints: {failed}"
+    assert report["atol"] <= 1e-5 and report["rtol"] <= 1e-5

@@ -12,6 +12,14 @@ VECTOR_POOLINGS = [name for name in POOLINGS if name != "pass"]
 LENGTHS = [7, 4, 1]
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _reference(name: str, x: torch.Tensor) -> torch.Tensor:
     """The pooling of one unpadded row [n, D], written out by hand."""
     return {

@@ -27,6 +27,14 @@ OFFICIAL_KEYS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_scorer(kind: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     config = GLiClassConfig(

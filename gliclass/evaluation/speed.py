@@ -25,7 +25,7 @@ from gliclass.evaluation.report import markdown_table, write_json, write_text
 from gliclass.evaluation.workers import Worker, official_python
 from gliclass.processing import GLiClassProcessor
 
-SYSTEMS = ("ours", "ours-onnx", "ours-bi-cached", "official", "cross-encoder")
+SYSTEMS = ("ours", "ours-onnx", "ours-onnx-int8", "ours-bi-cached", "official", "cross-encoder")
 LABEL_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
 TEXT_LENGTHS = (64, 256, 512)
 QUICK = {"labels": "1,8,128", "lengths": "64,256", "passes": 3, "batched_texts": 32, "batched_passes": 1, "cap": 5.0}
@@ -102,7 +102,8 @@ def throughput(reply: dict[str, Any], examples: int) -> float:
 
 
 def onnx_export(model_dir: Path) -> Path | None:
-    """The model's ONNX export (fp32, graph-optimised), written once under experiments/.cache; None without onnx."""
+    """The model's ONNX export (fp32 graph-optimised + dynamic int8 graphs), written once under experiments/.cache;
+    None without onnx."""
     try:
         from gliclass.onnx import export_onnx, has_onnx_export
     except ImportError:
@@ -111,7 +112,8 @@ def onnx_export(model_dir: Path) -> Path | None:
     if not has_onnx_export(out):
         from gliclass.modeling import GLiClassModel
 
-        export_onnx(GLiClassModel.from_pretrained(str(model_dir)), GLiClassProcessor.from_pretrained(model_dir), out)
+        model, processor = GLiClassModel.from_pretrained(str(model_dir)), GLiClassProcessor.from_pretrained(model_dir)
+        export_onnx(model, processor, out, quantize="int8")
     return out
 
 
@@ -126,7 +128,7 @@ def start_workers(names: Sequence[str], model_dir: Path, bi_dir: Path, args: arg
         directory: Path | None = model_dir
         if name == "ours-bi-cached":
             directory = bi_dir
-        elif name == "ours-onnx":
+        elif name in ("ours-onnx", "ours-onnx-int8"):
             directory = onnx_export(model_dir)
             if directory is None:
                 print("gliclass.onnx / onnxruntime unavailable: skipping the ONNX system")

@@ -61,13 +61,15 @@ class GLiClassSystem:
         backend: str = "torch",
         threads: int | None = None,
     ) -> GLiClassSystem:
-        """backend "torch": our weights (SDPA attention, the transformers default); "onnx": an `export_onnx` dir,
-        run by onnxruntime with `threads` intra-op threads (None: torch's current thread count)."""
+        """backend "torch": our weights (SDPA attention, the transformers default); "onnx" / "onnx-int8": an
+        `export_onnx` dir (fp32 / its dynamic-int8 graphs) run by onnxruntime with `threads` intra-op threads
+        (None: torch's current thread count)."""
         processor = GLiClassProcessor.from_pretrained(path)
-        if backend == "onnx":
+        if backend in ("onnx", "onnx-int8"):
             from gliclass.onnx import OnnxModel
 
-            model = OnnxModel.from_pretrained(path, threads=threads or torch.get_num_threads())
+            threads = threads or torch.get_num_threads()
+            model = OnnxModel.from_pretrained(path, quantized=backend == "onnx-int8", threads=threads)
             return cls(model, processor, batch_size, name)
         return cls(GLiClassModel.from_pretrained(str(path)), processor, batch_size, name)
 

@@ -88,8 +88,8 @@ def build_system(args: argparse.Namespace) -> Any:
         return OfficialSystem(args.model, args.max_length)
     from gliclass.evaluation.systems import GLiClassSystem, PairwiseCrossEncoder
 
-    if args.system in ("ours", "ours-bi-cached", "ours-onnx"):
-        backend = "onnx" if args.system == "ours-onnx" else "torch"
+    if args.system in ("ours", "ours-bi-cached", "ours-onnx", "ours-onnx-int8"):
+        backend = {"ours-onnx": "onnx", "ours-onnx-int8": "onnx-int8"}.get(args.system, "torch")
         return GLiClassSystem.from_pretrained(
             args.model, batch_size=args.batch_size, name=args.system, backend=backend, threads=args.threads
         )

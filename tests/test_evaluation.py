@@ -1,0 +1,175 @@
+"""Evaluation package: metrics on hand-computed cases, the dataset views, samplers, tables, and tiny end-to-end runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gliclass.evaluation import few_shot, zero_shot
+from gliclass.evaluation.data import (
+    classification_datasets,
+    eval_split_name,
+    few_shot_indices,
+    load_eval_set,
+    stratified_indices,
+)
+from gliclass.evaluation.metrics import decide, evaluate_scores, expected_calibration_error, indicator, macro_f1
+from gliclass.evaluation.report import accuracy_table, fmt, markdown_table
+
+
+def write_dataset(root: Path, name: str, labels: list[str], splits: dict[str, list[tuple[str, list[str]]]]) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "labels.json").write_text(json.dumps(labels))
+    for split, rows in splits.items():
+        lines = [json.dumps({"text": text, "labels": row_labels}) for text, row_labels in rows]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    sentiment = [("i love it", ["positive"]), ("i hate it", ["negative"]), ("so good", ["positive"])] * 4
+    write_dataset(root, "senti", ["negative", "positive"], {"train": sentiment, "test": sentiment[:6]})
+    emotions = [("yay", ["joy", "surprise"]), ("meh", []), ("oh no", ["fear"])] * 3
+    write_dataset(root, "emo", ["joy", "fear", "surprise"], {"train": emotions})
+    (root / "snli").mkdir()
+    (root / "snli" / "labels.json").write_text(json.dumps(["entailment", "neutral", "contradiction"]))
+    pair = {"premise": "a man sleeps", "hypothesis": "a person rests", "label": "entailment"}
+    (root / "snli" / "validation.jsonl").write_text((json.dumps(pair) + "\n") * 4)
+    return root
+
+
+# ----------------------------------------------------------------- metrics
+def test_macro_f1_single_label_by_hand():
+    truth = indicator([["a"], ["a"], ["b"], ["c"]], ["a", "b", "c"])
+    pred = indicator([["a"], ["b"], ["b"], ["a"]], ["a", "b", "c"])
+    # a: tp1 fp1 fn1 -> 0.5; b: tp1 fp1 fn0 -> 2/3; c: tp0 fn1 -> 0
+    assert macro_f1(truth, pred) == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
+
+
+def test_macro_f1_skips_labels_never_true_nor_predicted():
+    truth = indicator([["a"], ["b"]], ["a", "b", "c"])
+    assert macro_f1(truth, truth) == 1.0
+
+
+def test_macro_f1_multi_label_by_hand():
+    truth = np.array([[1, 1, 0], [0, 1, 0]], dtype=bool)
+    pred = np.array([[1, 0, 0], [0, 1, 1]], dtype=bool)
+    # col0: 1.0; col1: tp1 fn1 -> 2/3; col2: fp1 -> 0
+    assert macro_f1(truth, pred) == pytest.approx((1 + 2 / 3 + 0) / 3)
+
+
+def test_decide_single_vs_multi():
+    scores = np.array([[0.2, 0.7, 0.6], [0.1, 0.1, 0.4]])
+    assert decide(scores, multi_label=False).tolist() == [[False, True, False], [False, False, True]]
+    assert decide(scores, multi_label=True).tolist() == [[False, True, True], [False, False, False]]
+
+
+def test_ece_single_label_by_hand():
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    truth = indicator([["a"], ["b"], ["b"], ["a"]], ["a", "b"])
+    # confidences .9 (right), .8 (wrong), .7 (right), .55 (wrong); 15 bins put each in its own bin
+    expected = (abs(0.9 - 1) + abs(0.8 - 0) + abs(0.7 - 1) + abs(0.55 - 0)) / 4
+    assert expected_calibration_error(scores, truth, multi_label=False) == pytest.approx(expected)
+
+
+def test_ece_same_bin_averages_before_the_gap():
+    scores = np.array([[0.81, 0.19], [0.85, 0.15]])  # both in (0.8, 0.8667]
+    truth = indicator([["a"], ["b"]], ["a", "b"])
+    assert expected_calibration_error(scores, truth, multi_label=False) == pytest.approx(abs(0.83 - 0.5))
+
+
+def test_ece_multi_label_marginal_by_hand():
+    scores = np.array([[0.9, 0.2], [0.1, 0.6]])
+    truth = np.array([[1, 0], [0, 0]], dtype=bool)
+    expected = (abs(0.9 - 1) + abs(0.2 - 0) + abs(0.1 - 0) + abs(0.6 - 0)) / 4
+    assert expected_calibration_error(scores, truth, multi_label=True) == pytest.approx(expected)
+
+
+def test_evaluate_scores_perfect_and_calibrated():
+    metrics = evaluate_scores(np.array([[1.0, 0.0], [0.0, 1.0]]), [["x"], ["y"]], ["x", "y"], multi_label=False)
+    assert (metrics.macro_f1, metrics.ece, metrics.accuracy, metrics.n) == (1.0, 0.0, 1.0, 2)
+
+
+# ----------------------------------------------------------------- data
+def test_reader_lists_text_datasets_and_picks_splits(data_dir: Path):
+    found = classification_datasets(data_dir)
+    assert sorted(found) == ["emo", "senti"]  # snli holds pairs, not texts
+    assert eval_split_name(found["senti"]) == "test"
+    assert eval_split_name(found["emo"]) == "train"
+    emo = load_eval_set("emo", data_dir)
+    assert emo.split == "train" and emo.multi_label and emo.label_names == ["joy", "fear", "surprise"]
+    senti = load_eval_set("senti", data_dir)
+    assert not senti.multi_label and len(senti) == 6
+
+
+def test_stratified_sample_is_seeded_and_keeps_shares():
+    labels = [["a"]] * 60 + [["b"]] * 30 + [["c"]] * 10
+    first = stratified_indices(labels, 20, seed=3)
+    assert first == stratified_indices(labels, 20, seed=3)
+    assert first != stratified_indices(labels, 20, seed=4)
+    picked = [labels[i][0] for i in first]
+    assert (picked.count("a"), picked.count("b"), picked.count("c")) == (12, 6, 2)
+    assert stratified_indices(labels, None) == list(range(100))
+
+
+def test_few_shot_sampler_is_deterministic_and_balanced():
+    labels = [["a"]] * 20 + [["b"]] * 20 + [["a", "b"]] * 5
+    first = few_shot_indices(labels, ["a", "b"], per_label=4, seed=0)
+    assert first == few_shot_indices(labels, ["a", "b"], per_label=4, seed=0)
+    assert len(first) == len(set(first)) == 8
+    assert first != few_shot_indices(labels, ["a", "b"], per_label=4, seed=1)
+
+
+# ----------------------------------------------------------------- tables
+def test_markdown_table_format():
+    table = markdown_table(["name", "f1"], [["cr", 0.5], ["sst2", None]])
+    assert table.splitlines() == ["| name | f1 |", "| --- | ---: |", "| cr | 0.5000 |", "| sst2 | — |"]
+    assert fmt(True) == "yes" and fmt(float("nan")) == "—"
+
+
+def test_accuracy_table_has_table3_layout_and_averages():
+    datasets = [
+        {"name": "cr", "split": "test", "n": 2, "multi_label": False, "results": {"ours": {"macro_f1": 0.5, "ece": 0.1}}},
+        {"name": "go", "split": "train", "n": 3, "multi_label": True, "results": {"ours": {"macro_f1": 0.3, "ece": 0.3}}},
+    ]
+    lines = accuracy_table(datasets, ["ours"]).splitlines()
+    assert lines[0] == "| Dataset | split | n | ours | ECE ours |"
+    assert lines[3] == "| go (multi-label) | train | 3 | 0.3000 | 0.3000 |"
+    assert lines[4] == "| AVERAGE |  | 5 | 0.4000 | 0.2000 |"
+    assert lines[5] == "| AVERAGE (test splits) |  | 2 | 0.5000 | 0.1000 |"
+
+
+# ----------------------------------------------------------------- end to end on a tiny model
+@pytest.fixture
+def tiny_dir(tmp_path: Path, make_tiny) -> Path:
+    model, processor = make_tiny()
+    out = tmp_path / "tiny"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_zero_shot_end_to_end(tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    argv = ["--model", str(tiny_dir), "--data-dir", str(data_dir), "--systems", "ours,cross-encoder"]
+    result = zero_shot.main([*argv, "--limit", "4", "--out", str(out), "--cross-snli-pairs", "4", "--threads", "1"])
+    assert [d["name"] for d in result["datasets"]] == ["emo", "senti"]
+    assert set(result["datasets"][0]["results"]) == {"ours", "cross-encoder"}
+    assert "SNLI, 4 pairs" in result["systems"]["cross-encoder"]
+    assert (out / "zero_shot.json").exists()
+    assert "| AVERAGE (test splits) |" in (out / "zero_shot.md").read_text()
+
+
+def test_few_shot_end_to_end(tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    argv = ["--model", str(tiny_dir), "--data-dir", str(data_dir), "--datasets", "senti", "--shots", "2"]
+    result = few_shot.main([*argv, "--epochs", "1", "--out", str(tmp_path / "out"), "--threads", "1"])
+    (row,) = result["datasets"]
+    assert row["n_train"] == 4 and row["n_test"] == 6
+    assert 0.0 <= row["few_shot"]["macro_f1"] <= 1.0
+    with pytest.raises(SystemExit):
+        few_shot.select_datasets(data_dir, "emo")  # no test split
