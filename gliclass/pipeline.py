@@ -75,8 +75,8 @@ class ZeroShotPipeline:
         aggregation: how chunk scores of a long text combine: "max", "mean" (of chunk probabilities) or
             "logit-mean" (activation of the mean chunk logit). None: "max" for multi-label, "mean" for single-label.
         chunk_overlap: tokens shared by consecutive chunks (at most half a chunk).
-        min_chunk_tokens: when labels must be grouped, each group leaves room for at least this many text tokens
-            (or the whole text if shorter). None: a quarter of the budget.
+        min_chunk_tokens: when labels must be grouped, the smallest text window a model row may get (or the whole
+            text if shorter). Within that bound the window minimising the number of rows (chunks x groups) is used.
         max_labels_per_group: an upper bound on labels per model row (None: as many as fit).
         label_separator: joins the keys of a hierarchical label dict ("sentiment.positive").
         label_cache: bi-encoders encode each label once and reuse its vector across calls (see `clear_label_cache`).
@@ -92,7 +92,7 @@ class ZeroShotPipeline:
         threshold: float = 0.5,
         aggregation: str | None = None,
         chunk_overlap: int = 32,
-        min_chunk_tokens: int | None = None,
+        min_chunk_tokens: int = 64,
         max_labels_per_group: int | None = None,
         label_separator: str = ".",
         label_cache: bool = True,
@@ -104,7 +104,7 @@ class ZeroShotPipeline:
             raise ValueError(f"aggregation={aggregation!r} is not supported; choose one of {list(AGGREGATIONS)}")
         if chunk_overlap < 0:
             raise ValueError(f"chunk_overlap must be >= 0, got {chunk_overlap}")
-        if min_chunk_tokens is not None and min_chunk_tokens < 1:
+        if min_chunk_tokens < 1:
             raise ValueError(f"min_chunk_tokens must be >= 1, got {min_chunk_tokens}")
         if max_labels_per_group is not None and max_labels_per_group < 1:
             raise ValueError(f"max_labels_per_group must be >= 1, got {max_labels_per_group}")
@@ -230,6 +230,31 @@ class ZeroShotPipeline:
             )
         return outputs
 
+    def plan(
+        self,
+        texts: str | Sequence[str],
+        labels: Labels | Sequence[Labels],
+        prompt: str | Sequence[str | None] | None = None,
+        examples: Sequence[Mapping[str, Any]] | Sequence[Sequence[Mapping[str, Any]] | None] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """The model rows each text becomes: `{"chunk", "group", "text", "labels", "tokens"}` (no model call).
+
+        One row when text and labels fit the budget; otherwise one row per (text chunk, label group).
+        """
+        requests, _ = self._requests(texts, labels, None, None, prompt, examples)
+        rows: list[list[dict[str, Any]]] = [[] for _ in requests]
+        for unit in self._plan(requests) if requests else []:
+            rows[unit.request].append(
+                {
+                    "chunk": unit.chunk,
+                    "group": unit.group,
+                    "text": unit.text,
+                    "labels": unit.labels,
+                    "tokens": unit.length,
+                }
+            )
+        return rows
+
     def clear_label_cache(self) -> None:
         """Forget cached bi-encoder label vectors (call after changing the model's weights)."""
         self._label_cache.clear()
@@ -333,7 +358,7 @@ class ZeroShotPipeline:
         text_cost = {"uni-encoder": label_lengths, "bi-encoder-fused": [1] * len(request.labels)}.get(arch, zeros)
         dec_cost = label_lengths if arch == "encoder-decoder" else zeros
         dec_cap = budget - self._decoder_length([], request.prompt) if arch == "encoder-decoder" else math.inf
-        reserve = min(num_text, self.min_chunk_tokens or max(1, budget // 4))
+        reserve = self._text_window(num_text, budget - overhead, text_cost, len(request.labels))
         text_cap = budget - overhead - reserve
         while True:
             groups = _partition(request.labels, text_cost, dec_cost, text_cap, dec_cap, self.max_labels_per_group)
@@ -365,6 +390,22 @@ class ZeroShotPipeline:
             _Unit(index, c, g, chunk, a, request.labels[a:b], length)
             for (c, g, chunk, a, b), length in zip(rows, lengths, strict=True)
         ]
+
+    def _text_window(self, num_text: int, space: int, text_cost: list[int], num_labels: int) -> int:
+        """Text tokens per row when labels compete for `space`: the window needing the fewest rows, ties larger."""
+        widest = space - max(text_cost, default=0)  # the window beside the longest label alone
+        together = space - sum(text_cost)  # the window that keeps every label in one group
+        low = min(num_text, self.min_chunk_tokens, max(widest, 1), max(together, 1))
+        high = max(low, min(num_text, widest))
+        total, size_cap = sum(text_cost), self.max_labels_per_group or num_labels
+
+        def rows(window: int) -> int:
+            step = window - min(self.chunk_overlap, window // 2)
+            chunks = 1 if num_text <= window else 1 + math.ceil((num_text - window) / max(step, 1))
+            groups = max(math.ceil(total / max(space - window, 1)), math.ceil(num_labels / size_cap), 1)
+            return chunks * groups
+
+        return min(range(low, high + 1), key=lambda window: (rows(window), -window))
 
     # ----------------------------------------------------------------- running
     def _run(self, requests: list[_Request], embeddings: bool = False) -> list[_Result]:

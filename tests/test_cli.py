@@ -51,7 +51,9 @@ def test_predict_texts_single_label(capsys, model_dir):
     code, rows, err = run(capsys, "predict", "--model", model_dir, "--labels", "positive, negative", "good", "bad")
     assert code == 0 and err == ""
     assert [row["text"] for row in rows] == ["good", "bad"]
-    assert all(len(row["predictions"]) == 1 and row["predictions"][0]["label"] in {"positive", "negative"} for row in rows)
+    assert all(
+        len(row["predictions"]) == 1 and row["predictions"][0]["label"] in {"positive", "negative"} for row in rows
+    )
 
 
 def test_predict_multi_label_threshold_and_all_scores(capsys, model_dir):

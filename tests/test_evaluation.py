@@ -34,7 +34,7 @@ def data_dir(tmp_path: Path) -> Path:
     root = tmp_path / "data"
     sentiment = [("i love it", ["positive"]), ("i hate it", ["negative"]), ("so good", ["positive"])] * 4
     write_dataset(root, "senti", ["negative", "positive"], {"train": sentiment, "test": sentiment[:6]})
-    emotions = [("yay", ["joy", "surprise"]), ("meh", []), ("oh no", ["fear"])] * 3
+    emotions = [("yay", ["joy", "surprise"]), ("meh", ["fear"]), ("oh no", ["fear"])] * 3
     write_dataset(root, "emo", ["joy", "fear", "surprise"], {"train": emotions})
     (root / "snli").mkdir()
     (root / "snli" / "labels.json").write_text(json.dumps(["entailment", "neutral", "contradiction"]))
@@ -134,8 +134,20 @@ def test_markdown_table_format():
 
 def test_accuracy_table_has_table3_layout_and_averages():
     datasets = [
-        {"name": "cr", "split": "test", "n": 2, "multi_label": False, "results": {"ours": {"macro_f1": 0.5, "ece": 0.1}}},
-        {"name": "go", "split": "train", "n": 3, "multi_label": True, "results": {"ours": {"macro_f1": 0.3, "ece": 0.3}}},
+        {
+            "name": "cr",
+            "split": "test",
+            "n": 2,
+            "multi_label": False,
+            "results": {"ours": {"macro_f1": 0.5, "ece": 0.1}},
+        },
+        {
+            "name": "go",
+            "split": "train",
+            "n": 3,
+            "multi_label": True,
+            "results": {"ours": {"macro_f1": 0.3, "ece": 0.3}},
+        },
     ]
     lines = accuracy_table(datasets, ["ours"]).splitlines()
     assert lines[0] == "| Dataset | split | n | ours | ECE ours |"

@@ -98,7 +98,7 @@ def fine_tune(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
     model.eval()
     return losses
 

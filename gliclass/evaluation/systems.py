@@ -227,7 +227,7 @@ class PairwiseCrossEncoder(nn.Module):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                losses.append(float(loss))
+                losses.append(float(loss.detach()))
         self.eval()
         self.trained_on = f"SNLI, {len(premises)} pairs x {epochs} epoch(s)"
         return losses

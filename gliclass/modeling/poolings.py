@@ -76,7 +76,7 @@ class AttentionPooling(Pooling):
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.score = nn.Linear(hidden_size, 1)
+        self.score = nn.Linear(hidden_size, 1, bias=False)  # a softmax ignores a constant shift
 
     def pool(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         scores = self.score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))

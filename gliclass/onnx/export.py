@@ -13,9 +13,12 @@ Files written to the output directory:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +115,22 @@ def _export(
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > 1.8 * 2**30
     dims = {label: torch.export.Dim(label, min=1) for spec in axes.values() for label in spec.values()}
     shapes = {name: {axis: dims[label] for axis, label in axes[name].items()} for name in names}
+    # the exporter prints progress on stdout, which would corrupt the CLI's JSON output
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _torch_export(module, kwargs, names, outputs, shapes, path, optimize, large)
+
+
+def _torch_export(
+    module: nn.Module,
+    kwargs: dict[str, torch.Tensor],
+    names: list[str],
+    outputs: list[str],
+    shapes: dict[str, Any],
+    path: Path,
+    optimize: bool,
+    large: bool,
+) -> None:
     torch.onnx.export(
         module,
         (),

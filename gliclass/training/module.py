@@ -90,10 +90,14 @@ class GLiClassModule(LightningModule):
         min_batches: int = 100,
     ) -> None:
         super().__init__()
-        # the logger gets the whole flattened run config from run.py instead
-        self.save_hyperparameters(ignore=["model", "loss"], logger=False)
+        # plain values only, so checkpoints load with torch.load(weights_only=True); the logger gets the whole run
+        # config from run.py instead
+        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "param_groups", "scheduler"], logger=False)
         self.model = model
         self.loss = loss
+        self.optimizer_factory = optimizer
+        self.param_groups_factory = param_groups
+        self.scheduler_factory = scheduler
         self.train_metrics = LabelF1(macro=False)
         self.val_metrics = LabelF1()
         self.test_metrics = nn.ModuleDict()  # one LabelF1 per evaluation dataset, made in `setup`
@@ -228,13 +232,13 @@ class GLiClassModule(LightningModule):
     # ----------------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.parameters()
-        if self.hparams.param_groups is not None:
-            groups = self.hparams.param_groups(self.model)
-        optimizer = self.hparams.optimizer(params=groups)
-        if self.hparams.scheduler is None:
+        if self.param_groups_factory is not None:
+            groups = self.param_groups_factory(self.model)
+        optimizer = self.optimizer_factory(params=groups)
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         total = self.trainer.estimated_stepping_batches
         if total == float("inf"):
             raise ValueError("a learning-rate schedule needs a finite run: set trainer.max_steps or max_epochs")
-        scheduler = self.hparams.scheduler(optimizer=optimizer, num_training_steps=int(total))
+        scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=int(total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

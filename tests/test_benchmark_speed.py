@@ -1,0 +1,78 @@
+"""The speed harness end to end on a tiny model: one pass per cell, worker processes, tables, JSON and plot.
+
+Speed itself is never asserted: only that every cell, target and file is produced.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gliclass.evaluation import speed
+from gliclass.evaluation.workers import Worker, WorkerError
+
+WORDS = ["the", "movie", "was", "good", "and", "the", "plot", "was", "bad", "but", "i", "love", "the", "music"]
+
+
+def write_dataset(root: Path, name: str, labels: list[str], split: str = "test") -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "labels.json").write_text(json.dumps(labels))
+    rows = [{"text": " ".join(WORDS[: 3 + i]), "labels": [labels[i % len(labels)]]} for i in range(8)]
+    (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def bench_data(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    write_dataset(root, speed.LABEL_SOURCE, ["good", "bad", "music", "plot"], split="train")
+    for name in {speed.TEXT_SOURCE, *speed.MIXED_SOURCES}:
+        write_dataset(root, name, ["good", "bad"])
+    return root
+
+
+@pytest.fixture
+def tiny_dirs(tmp_path: Path, make_tiny) -> tuple[Path, Path]:
+    dirs = []
+    for arch in ("uni-encoder", "bi-encoder"):
+        model, processor = make_tiny(architecture_type=arch)
+        out = tmp_path / arch
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        dirs.append(out)
+    return dirs[0], dirs[1]
+
+
+def test_rotate_spreads_the_order():
+    assert speed.rotate(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert speed.rotate(["a", "b", "c"], 3) == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_speed_harness_one_pass(tiny_dirs: tuple[Path, Path], bench_data: Path, tmp_path: Path):
+    uni, bi = tiny_dirs
+    out = tmp_path / "out"
+    argv = ["--model", str(uni), "--bi-model", str(bi), "--data-dir", str(bench_data), "--out", str(out)]
+    argv += ["--systems", "ours,ours-bi-cached,cross-encoder", "--labels", "1,4", "--lengths", "8"]
+    argv += ["--passes", "1", "--batched-texts", "4", "--batched-passes", "1", "--batch-size", "2"]
+    result = speed.main(argv)
+    assert [(c["text_tokens"], c["labels"]) for c in result["cells"]] == [(8, 1), (8, 4)]
+    for cell in result["cells"]:
+        assert set(cell["systems"]) == {"ours", "ours-bi-cached", "cross-encoder"}
+        assert cell["systems"]["ours"]["labels_scored"] == cell["labels"]
+        assert cell["systems"]["ours"]["passes"] == 1
+    assert set(result["batched"]["systems"]) == {"ours", "ours-bi-cached", "cross-encoder"}
+    assert all(m["maxrss_mb"] > 0 for m in result["memory"].values())
+    assert "bi_cached_keeps_ge_0.8_at_max_labels" in result["targets"]
+    assert {p.name for p in out.iterdir()} == {"speed.json", "speed.md", "speed.png"}
+
+
+@pytest.mark.slow
+def test_worker_reports_errors_without_dying(tiny_dirs: tuple[Path, Path]):
+    with Worker("ours", tiny_dirs[0]) as worker:
+        with pytest.raises(WorkerError, match="label list is empty"):
+            worker.request(cmd="scores", texts=["good movie"], labels=[], multi_label=True)
+        reply = worker.request(cmd="scores", texts=["good movie"], labels=["good", "bad"], multi_label=False)
+        assert sum(reply["scores"][0]) == pytest.approx(1.0, abs=1e-5)
