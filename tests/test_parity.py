@@ -9,6 +9,7 @@ that ours equal the single-text logits instead.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ OFFICIAL = Path(__file__).parent / "fixtures" / "official"
 INDEX = json.loads((OFFICIAL / "index.json").read_text())
 CONFIGS = sorted(p.name for p in OFFICIAL.iterdir() if (p / "expected.json").exists())
 ATOL = 1e-5
+DEVICE = os.environ.get("GLICLASS_TEST_DEVICE", "cpu")  # the GPU check (scripts/gpu_check.sh) sets cuda
 # official bugs that our implementation fixes on purpose, so the official numbers are not the target there
 OFFICIAL_BUG_CONFIGS = {
     # official segment ids use argmin for the first <<EXAMPLE>>: every token, text included, becomes segment 2
@@ -35,9 +37,13 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "class_input_ids", "class_attenti
 def case(request) -> tuple[str, dict, GLiClassModel, GLiClassProcessor]:
     path = OFFICIAL / request.param
     expected = json.loads((path / "expected.json").read_text())
-    model = GLiClassModel.from_pretrained(path).eval()
+    model = GLiClassModel.from_pretrained(path).eval().to(DEVICE)
     processor = GLiClassProcessor.from_pretrained(path)
     return request.param, expected, model, processor
+
+
+def _run(model: GLiClassModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**{k: v.to(DEVICE) for k, v in batch.items()}).logits.cpu()
 
 
 def _tensors(inputs: dict) -> dict[str, torch.Tensor]:
@@ -68,7 +74,7 @@ def test_parity_single_text(case) -> None:
         ours = processor(*_rows(expected, [i]))
         official = _tensors(single["inputs"])
         assert ours["input_ids"].tolist() == official["input_ids"].tolist(), f"{name}: token ids of text {i} differ"
-        got = _valid(model(**ours).logits, [expected["labels"][i]])[0]
+        got = _valid(_run(model, ours), [expected["labels"][i]])[0]
         want = torch.tensor(single["logits"])[0, : len(expected["labels"][i])]
         torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-5, msg=f"{name}: logits of text {i}")
 
@@ -81,7 +87,7 @@ def test_parity_batch(case) -> None:
         pytest.skip(f"official bug, covered by its own test below: {OFFICIAL_BUG_CONFIGS[name]}")
     indices = list(range(len(expected["texts"])))
     labels = [expected["labels"][i] for i in indices]
-    ours = _valid(model(**processor(*_rows(expected, indices))).logits, labels)
+    ours = _valid(_run(model, processor(*_rows(expected, indices))), labels)
     batch = expected["batch"]
     if batch["official_pooling_mask_correct"]:
         want = _valid(torch.tensor(batch["logits"]), labels)
@@ -103,7 +109,7 @@ def test_parity_official_inputs(case) -> None:
         n = len(expected["labels"][single["text_index"]])
         if "labels_mask" not in inputs and model.config.architecture_type == "uni-encoder":
             inputs["labels_mask"] = torch.ones(1, n, dtype=torch.bool)
-        got = model(**inputs).logits[0, :n]
+        got = _run(model, inputs)[0, :n]
         torch.testing.assert_close(got, torch.tensor(single["logits"])[0, :n], atol=ATOL, rtol=1e-5)
 
 
