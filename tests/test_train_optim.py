@@ -59,7 +59,9 @@ def test_encoder_parameter_names():
 @pytest.mark.parametrize("name", ["linear", "cosine"])
 def test_warmup_then_decay(name):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = warmup_schedule(optimizer, num_training_steps=100, name=name, warmup_ratio=0.1)
+    asked = []
+    scheduler = warmup_schedule(optimizer, num_training_steps=lambda: asked.append(1) or 100, name=name, warmup_ratio=0.1)
+    assert not asked, "the total must not be needed to build the schedule"
     lrs = []
     for _ in range(100):
         lrs.append(optimizer.param_groups[0]["lr"])
@@ -67,5 +69,14 @@ def test_warmup_then_decay(name):
         scheduler.step()
     assert lrs[0] == 0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
     assert lrs[99] < 0.05 and all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert "lr_lambdas" not in scheduler.state_dict() or scheduler.state_dict()["lr_lambdas"] == [None]
     with pytest.raises(ValueError, match="warmup_ratio"):
         warmup_schedule(optimizer, 10, warmup_ratio=1.5)
+    with pytest.raises(ValueError, match="schedule"):
+        warmup_schedule(optimizer, 10, name="exponential")
+
+
+def test_without_warmup_training_starts_at_the_full_rate():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    warmup_schedule(optimizer, num_training_steps=10, warmup_ratio=0.0)
+    assert optimizer.param_groups[0]["lr"] == 1.0

@@ -8,13 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from lightning.pytorch import Callback
+from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader, Sampler
 
 from gliclass import GLiClassModel, GLiClassProcessor
+from gliclass.data import GLiClassCollator, GLiClassDataset, read_benchmark, to_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -111,31 +115,106 @@ def test_ablation_multirun_writes_one_directory_per_job(tmp_path):
         assert (tmp_path / "train" / "multiruns" / "default" / job / ".hydra" / "overrides.yaml").is_file()
 
 
-def final_state(tmp_path: Path, overrides: list[str]) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    cfg = compose_train(tmp_path, overrides)
-    metrics = run.train(cfg)
-    weights = GLiClassModel.from_pretrained(tmp_path / "model").state_dict()
-    return metrics, weights
+class EpochBatches(Sampler[list[int]]):
+    """Batches of a permutation drawn from (seed, epoch), resumable after any batch: each epoch's order does not
+    depend on what ran before, and Lightning calls `set_epoch` at each epoch start."""
+
+    def __init__(self, size: int, batch_size: int, seed: int) -> None:
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.epoch = self.consumed = self.skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.skip = epoch, 0
+
+    def __len__(self) -> int:
+        return -(-self.size // self.batch_size)
+
+    def __iter__(self):
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
+        start, self.skip = self.skip, 0
+        for self.consumed in range(start + 1, len(self) + 1):
+            yield order[(self.consumed - 1) * self.batch_size : self.consumed * self.batch_size].tolist()
+
+
+class ResumableLoader(DataLoader):
+    """Lightning stores `state_dict()` of a training loader that has one in each checkpoint."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "consumed": self.batch_sampler.consumed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        batches = self.batch_sampler
+        batches.epoch, batches.skip = state["epoch"], state["consumed"]
+        if batches.skip == len(batches):  # saved after an epoch's last batch: Lightning continues with this iterator
+            batches.epoch, batches.skip = batches.epoch + 1, 0
+
+
+class ResumableData(L.LightningDataModule):
+    """Tiny benchmark data whose training loader resumes mid-epoch (the GLiClassDataModule contract otherwise)."""
+
+    def __init__(self, processor: GLiClassProcessor, data_dir: str, seed: int) -> None:
+        super().__init__()
+        self.processor, self.seed = processor, seed
+        self.train = to_examples(read_benchmark("emotion", "train", data_dir, limit=28), max_negatives=3, seed=seed)
+        self.val = to_examples(read_benchmark("emotion", "validation", data_dir, limit=8), all_labels=True)
+        self.eval_names, self.eval_multi_label = ["sst2"], {"sst2": False}
+        self.test = to_examples(read_benchmark("sst2", "test", data_dir, limit=8), all_labels=True)
+
+    def loader(self, rows: list) -> DataLoader:
+        return DataLoader(GLiClassDataset(rows, self.processor), batch_size=8, collate_fn=GLiClassCollator(self.processor))
+
+    def train_dataloader(self) -> DataLoader:
+        batches = EpochBatches(len(self.train), batch_size=4, seed=self.seed)
+        dataset = GLiClassDataset(self.train, self.processor)
+        return ResumableLoader(dataset, batch_sampler=batches, collate_fn=GLiClassCollator(self.processor))
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.val)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.loader(self.test)]
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAtStep(Callback):
+    """Dies at the start of a step, after the previous step's checkpoint was written: a preempted job."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise Killed(f"killed at step {self.step}")
+
+
+def resumable_run(tmp_path: Path, overrides: list[str], kill_at: int | None = None):
+    cfg = compose_train(tmp_path, ["backbone=tiny_bert", "eval_untrained=false", "logger=csv", *overrides])
+    with open_dict(cfg):
+        cfg.data = {"_target_": f"{__name__}.ResumableData", "data_dir": "${paths.data_dir}", "seed": "${seed}"}
+        cfg.callbacks.model_checkpoint.every_n_train_steps = 1
+        if kill_at is not None:
+            cfg.callbacks.kill = {"_target_": f"{__name__}.KillAtStep", "step": kill_at}
+    return run.train(cfg)
 
 
 @pytest.mark.slow
-def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path):
-    common = [
-        "data=tiny",
-        "backbone=tiny_bert",
-        "eval_untrained=false",
-        "logger=csv",
-        "trainer.max_epochs=3",
-        "callbacks.model_checkpoint.every_n_train_steps=1",
-    ]
-    steps = 12  # the tiny mix has 8 training batches per epoch: the break falls mid-epoch
-    unbroken, unbroken_weights = final_state(tmp_path / "a", [*common, f"trainer.max_steps={steps}"])
-    final_state(tmp_path / "b", [*common, f"trainer.max_steps={steps // 2 + 1}"])  # "killed" at step 7
-    resumed, resumed_weights = final_state(tmp_path / "b", [*common, f"trainer.max_steps={steps}", "ckpt_path=last"])
-    for key in ("val/f1_macro", "val/loss", "test/f1_macro", "test/sst2/f1_macro"):
+@pytest.mark.parametrize("kill_at", [5, 7, 10])  # mid-epoch, at the end of epoch 1, mid-epoch after a resumed epoch
+def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path, kill_at):
+    steps = ["trainer.max_epochs=2"]  # 7 batches per epoch, 14 steps
+    unbroken = resumable_run(tmp_path / "unbroken", steps)
+    with pytest.raises(Killed):
+        resumable_run(tmp_path / "resumed", steps, kill_at=kill_at)
+    resumed = resumable_run(tmp_path / "resumed", [*steps, "ckpt_path=last"])
+    for key in ("val/f1_macro", "val/loss", "train/loss_epoch", "test/f1_macro"):
         assert resumed[key] == pytest.approx(unbroken[key], abs=1e-6), key
+    unbroken_weights = GLiClassModel.from_pretrained(tmp_path / "unbroken" / "model").state_dict()
+    resumed_weights = GLiClassModel.from_pretrained(tmp_path / "resumed" / "model").state_dict()
     for name, tensor in unbroken_weights.items():
-        torch.testing.assert_close(resumed_weights[name], tensor, msg=name)
+        torch.testing.assert_close(resumed_weights[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow

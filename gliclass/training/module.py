@@ -230,6 +230,12 @@ class GLiClassModule(LightningModule):
             self.skipped.load_state_dict(checkpoint["skipped_batches"])
 
     # ----------------------------------------------------------------------------------------------- optimisation
+    def _training_steps(self) -> int:
+        total = self.trainer.estimated_stepping_batches
+        if total == float("inf"):
+            raise ValueError("a learning-rate schedule needs a finite run: set trainer.max_steps or max_epochs")
+        return int(total)
+
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.parameters()
         if self.param_groups_factory is not None:
@@ -237,8 +243,5 @@ class GLiClassModule(LightningModule):
         optimizer = self.optimizer_factory(params=groups)
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        total = self.trainer.estimated_stepping_batches
-        if total == float("inf"):
-            raise ValueError("a learning-rate schedule needs a finite run: set trainer.max_steps or max_epochs")
-        scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=int(total))
+        scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=self._training_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

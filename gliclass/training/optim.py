@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import get_scheduler
+from torch.optim.lr_scheduler import LambdaLR
 
 # submodules holding pretrained encoders (text, label, encoder-decoder); everything else is the freshly built head
 ENCODER_MODULES = frozenset({"encoder_model", "label_encoder", "encoder_decoder_model"})
+
+# decay factor after warmup, as a function of the progress through the decay phase (0 -> 1)
+SCHEDULES: dict[str, Callable[[float], float]] = {
+    "linear": lambda progress: 1.0 - progress,
+    "cosine": lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "constant": lambda progress: 1.0,
+}
 
 
 def is_encoder_parameter(name: str) -> bool:
@@ -51,16 +60,30 @@ def parameter_groups(model: nn.Module, encoder_lr: float, weight_decay: float = 
 
 def warmup_schedule(
     optimizer: torch.optim.Optimizer,
-    num_training_steps: int,
+    num_training_steps: int | Callable[[], int],
     name: str = "linear",
     warmup_ratio: float = 0.05,
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Linear warmup over `warmup_ratio` of the optimiser steps, then `name` decay ("linear", "cosine", ...)."""
+) -> LambdaLR:
+    """Linear warmup over `warmup_ratio` of the optimiser steps, then linear or cosine decay to 0.
+
+    `num_training_steps` may be a function, called at the first step after the initial one. Lightning's
+    `trainer.estimated_stepping_batches` must not be read in `configure_optimizers`: it sets up the training data
+    before the checkpoint's loop state is restored, and a resumable loader then restarts its epoch.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"schedule {name!r}: choose one of {list(SCHEDULES)}")
     if not 0 <= warmup_ratio < 1:
         raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1)")
-    return get_scheduler(
-        name,
-        optimizer,
-        num_warmup_steps=int(warmup_ratio * num_training_steps),
-        num_training_steps=num_training_steps,
-    )
+    total_steps = num_training_steps if callable(num_training_steps) else lambda: num_training_steps
+
+    def factor(step: int) -> float:
+        if step == 0:  # the value at step 0 needs no total: 0 with warmup, 1 without
+            return 0.0 if warmup_ratio > 0 else 1.0
+        total = total_steps()
+        warmup = int(warmup_ratio * total)
+        if step < warmup:
+            return step / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return SCHEDULES[name](progress)
+
+    return LambdaLR(optimizer, factor)  # a closure, so the scheduler's state_dict holds no callable

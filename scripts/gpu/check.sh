@@ -24,7 +24,7 @@ for arch in ["uni-encoder", "bi-encoder", "bi-encoder-fused", "encoder-decoder"]
         diff = (gpu - cpu)[batch["labels_mask"]].abs().max().item()
         print(f"{arch:18s} {backbone:10s} cuda-vs-cpu max|diff|={diff:.2e} grad ok={all(p.grad is not None for p in model.parameters() if p.requires_grad and p.grad is not None)}")
 PY
-echo "== training on gpu (hydra)"; timeout 240 python3 run.py backbone=tiny_deberta trainer=gpu debug=fdr hydra.run.dir=/tmp/run_gpu 2>&1 | tail -15
+echo "== training on gpu (hydra)"; GLICLASS_DATA_DIR=$PWD/.gpucarry/data timeout 240 python3 run.py backbone=tiny_deberta trainer=gpu debug=fdr hydra.run.dir=/tmp/run_gpu 2>&1 | tail -15
 echo "== speed (paper protocol, batch 1)"
 python3 scripts/gpu/speed.py make /tmp/ckpt 2>&1 | tail -2
 python3 scripts/gpu/speed.py ours /tmp/ckpt "$OUT/speed_ours.json" 2>&1 | grep -v Warn | tail -25
