@@ -1,10 +1,10 @@
 """Train, test and export a GLiClass model; every setting is a Hydra config (conf/).
 
-    python run.py                                   # the default run: MiniLM uni-encoder, models/default/
-    python run.py experiment=minilm_bi              # a preset from conf/experiment/
-    python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun: one directory per job
-    python run.py ckpt_path=last                    # resume this run from its last.ckpt (fresh if there is none)
-    python run.py hparams_search=optuna             # an Optuna sweep over the optimisation settings
+python run.py                                   # the default run: MiniLM uni-encoder, models/default/
+python run.py experiment=minilm_bi              # a preset from conf/experiment/
+python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun: one directory per job
+python run.py ckpt_path=last                    # resume this run from its last.ckpt (fresh if there is none)
+python run.py hparams_search=optuna             # an Optuna sweep over the optimisation settings
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
+from gliclass.training.lora import export_model  # noqa: E402
+from gliclass.training.stages import run_stages  # noqa: E402
 from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which the configs read)
     apply_extras,
     instantiate_all,
@@ -39,8 +41,11 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from `cfg`, then (optionally) score the untrained model, fit, test and export.
 
-    Returns every metric the stages logged (train/..., val/..., test/..., zeroshot_untrained/...).
+    Returns every metric the stages logged (train/..., val/..., test/..., zeroshot_untrained/...). A config with
+    `stages` (experiment=three_stage) runs each stage through here in turn, each starting from the previous export.
     """
+    if cfg.get("stages"):
+        return run_stages(cfg, train, config_dir=Path(__file__).resolve().parent / "conf")
     apply_extras(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -55,19 +60,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.eval_untrained and cfg.test:
         log.info("zero-shot evaluation of the untrained model")
         with module.logging_as("zeroshot_untrained"):
-            trainer.test(module, datamodule=datamodule)
+            trainer.test(module, datamodule=datamodule, verbose=False)
         metrics |= scalars(trainer.callback_metrics)
     if cfg.train:
         log.info("training (ckpt_path=%s)", cfg.ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         metrics |= scalars(trainer.callback_metrics)
     if cfg.test:
-        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path)
+        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path, verbose=False)
         metrics |= scalars(trainer.callback_metrics)
     if cfg.export and trainer.is_global_zero:
         export_dir = Path(cfg.paths.export_dir)
-        model.save_pretrained(export_dir)
-        processor.save_pretrained(export_dir)
+        export_model(module.model, export_dir, processor)  # LoRA adapters (stage=post) are merged in
         log.info("exported the model to %s", export_dir)
 
     summary = zero_shot_summary(metrics)

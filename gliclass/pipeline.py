@@ -448,6 +448,7 @@ class ZeroShotPipeline:
             [u.labels for u in units],
             [r.prompt for r in requests],
             [r.examples for r in requests],
+            label_ids=not self.use_label_cache,
         )
         if self.use_label_cache:
             batch = _pad_inputs(items, self.processor.tokenizer.pad_token_id or 0)
@@ -467,7 +468,7 @@ class ZeroShotPipeline:
         with torch.inference_mode():
             for start in range(0, len(missing), step):
                 names = missing[start : start + step]
-                ids = self.processor._label_ids(names)
+                ids = self.processor.label_ids(names)
                 padded = _pad_rows(ids, self.processor.label_tokenizer.pad_token_id or 0)
                 vectors = self.model.encode_labels(
                     padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)

@@ -232,7 +232,9 @@ class GLiClassProcessor:
         labels: Sequence[Sequence[str]],
         prompts: Sequence[str | None] | None = None,
         examples: Sequence[Sequence[Mapping] | None] | None = None,
+        label_ids: bool = True,
     ) -> list[dict[str, Any]]:
+        """`label_ids=False` skips tokenising labels for the label encoder (callers with cached label vectors)."""
         if len(labels) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
         if len(texts) == 0:
@@ -258,7 +260,8 @@ class GLiClassProcessor:
                 if found != len(labels_i):
                     raise ValueError(f"built {found} {LABEL_TOKEN} tokens for {len(labels_i)} labels")
             if self.config.uses_label_encoder:
-                item["class_input_ids"] = self._label_ids(labels_i)
+                if label_ids:
+                    item["class_input_ids"] = self.label_ids(labels_i)
             elif arch == "encoder-decoder":
                 block = self.tokenizer(self.label_block(labels_i, prompt), verbose=False)["input_ids"]
                 if len(block) > self.budget:
@@ -267,7 +270,8 @@ class GLiClassProcessor:
             out.append(item)
         return out
 
-    def _label_ids(self, labels: Sequence[str]) -> list[list[int]]:
+    def label_ids(self, labels: Sequence[str]) -> list[list[int]]:
+        """Label-encoder token ids, one list per label (bi-encoders)."""
         return self.label_tokenizer(list(labels), truncation=True, max_length=self.label_max_length, verbose=False)[
             "input_ids"
         ]

@@ -60,9 +60,7 @@ def test_focal_reductions(padded):
     logits, targets, mask = padded
     per_slot = focal_loss_with_logits(logits, targets, mask, reduction="none")
     assert per_slot.shape == logits.shape and per_slot[1, 2] == 0
-    assert focal_loss_with_logits(logits, targets, mask, reduction="sum").item() == pytest.approx(
-        per_slot.sum().item()
-    )
+    assert focal_loss_with_logits(logits, targets, mask, reduction="sum").item() == pytest.approx(per_slot.sum().item())
     with pytest.raises(ValueError, match="reduction"):
         focal_loss_with_logits(logits, targets, mask, reduction="avg")
 
@@ -88,9 +86,7 @@ def test_focal_soft_targets_and_label_smoothing(padded):
 def test_single_label_cross_entropy_over_each_texts_own_labels(padded):
     logits, targets, mask = padded
     loss = label_cross_entropy(logits, targets, mask)
-    expected = (
-        F.cross_entropy(logits[:1], torch.tensor([0])) + F.cross_entropy(logits[1:, :2], torch.tensor([1]))
-    ) / 2
+    expected = (F.cross_entropy(logits[:1], torch.tensor([0])) + F.cross_entropy(logits[1:, :2], torch.tensor([1]))) / 2
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert logits.grad[1, 2] == 0 and torch.isfinite(logits.grad).all()
@@ -192,7 +188,9 @@ def test_combined_loss_switches(padded):
     logits, targets, mask = padded
     terms = GLiClassLoss(classification="cross_entropy")(fake_output(logits, mask), targets)
     assert set(terms) == {"loss", "cross_entropy"}
-    contrastive_only = GLiClassLoss(classification_weight=0, token_contrastive_coef=1)(fake_output(logits, mask), targets)
+    contrastive_only = GLiClassLoss(classification_weight=0, token_contrastive_coef=1)(
+        fake_output(logits, mask), targets
+    )
     assert set(contrastive_only) == {"loss", "token_contrastive"}
     with pytest.raises(ValueError, match="switched off"):
         GLiClassLoss(classification_weight=0)

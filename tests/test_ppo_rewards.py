@@ -77,7 +77,9 @@ def test_extra_component_changes_the_reward():
 
 
 def test_weights_and_named_instances():
-    result = call({"a": {"type": "recall", "weight": 2.0}, "b": {"type": "precision", "weight": 0.5}}, [[1, 1]], [[1, 0]])
+    result = call(
+        {"a": {"type": "recall", "weight": 2.0}, "b": {"type": "precision", "weight": 0.5}}, [[1, 1]], [[1, 0]]
+    )
     assert result.total[0, 0].item() == pytest.approx(2.0 * 1.0 + 0.5 * 0.5)
 
 

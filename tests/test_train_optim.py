@@ -60,7 +60,9 @@ def test_encoder_parameter_names():
 def test_warmup_then_decay(name):
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     asked = []
-    scheduler = warmup_schedule(optimizer, num_training_steps=lambda: asked.append(1) or 100, name=name, warmup_ratio=0.1)
+    scheduler = warmup_schedule(
+        optimizer, num_training_steps=lambda: asked.append(1) or 100, name=name, warmup_ratio=0.1
+    )
     assert not asked, "the total must not be needed to build the schedule"
     lrs = []
     for _ in range(100):

@@ -1,8 +1,9 @@
 """LoRA post-training (paper 2.3.3, Table 1): adapters on a frozen GLiClass model, merged away on export.
 
 The presets (rank, alpha, target modules per backbone) live in `conf/lora/`. Only the adapters train, plus any
-`modules_to_save` named on purpose. `export_merged` folds the adapters into the weights (merge_and_unload) and
-writes a plain checkpoint in the official layout, loadable without peft.
+`modules_to_save` named on purpose. `LoraModule` is the supervised module on the adapted model (stage=post).
+`export_model` folds adapters into the weights (merge_and_unload) and writes a plain checkpoint in the official
+layout, loadable without peft.
 """
 
 from __future__ import annotations
@@ -11,14 +12,16 @@ import copy
 import logging
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from gliclass.modeling.model import GLiClassModel
 from gliclass.processing import GLiClassProcessor
+from gliclass.training.module import GLiClassModule
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ def apply_lora(
     warning; none found at all is an error, as a typo would otherwise train nothing.
     """
     if isinstance(model, PeftModel):
-        raise ValueError("the model already carries adapters; merge them (export_merged) before adding new ones")
+        raise ValueError("the model already carries adapters; merge them (export_model) before adding new ones")
     present = [t for t in target_modules if matching_modules(model, t)]
     missing = [t for t in target_modules if t not in present]
     if not present:
@@ -70,8 +73,8 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).merge_and_unload()
 
 
-def export_merged(model: nn.Module, path: str | os.PathLike, processor: GLiClassProcessor | None = None) -> Path:
-    """Write the merged model (and its tokenizer files) as a plain GLiClass checkpoint at `path`."""
+def export_model(model: nn.Module, path: str | os.PathLike, processor: GLiClassProcessor | None = None) -> Path:
+    """Write the model, adapters merged if it has any, (and its tokenizer files) as a plain GLiClass checkpoint."""
     merged = merge_lora(model)
     if not isinstance(merged, GLiClassModel):
         raise TypeError(f"expected a GLiClassModel after merging, got {type(merged).__name__}")
@@ -80,3 +83,20 @@ def export_merged(model: nn.Module, path: str | os.PathLike, processor: GLiClass
     if processor is not None:
         processor.save_pretrained(path)
     return path
+
+
+class LoraModule(GLiClassModule):
+    """Supervised post-training of LoRA adapters (stage=post): `lora(model)` wraps the model, the rest is
+    `GLiClassModule` (its parameter groups leave the frozen base weights out of the optimiser)."""
+
+    def __init__(self, model: nn.Module, lora: Callable[[nn.Module], PeftModel], **supervised: Any) -> None:
+        super().__init__(model=lora(model), **supervised)
+        self.save_hyperparameters(
+            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "lora"], logger=False
+        )
+        settings = self.model.peft_config["default"]
+        self.hparams["lora"] = {  # plain values, so checkpoints load with weights_only=True
+            "r": settings.r,
+            "alpha": settings.lora_alpha,
+            "target_modules": sorted(settings.target_modules),
+        }

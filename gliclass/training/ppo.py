@@ -7,27 +7,29 @@ value head is off. L_total = L_PPO + L_value + L_KL + L_entropy (eq. 25). A sett
 for the focal alpha) switches a term off: it is neither computed nor logged, and the frozen reference model is not
 even built when the KL term is off.
 
-`PPOObjective` is the pure-torch loss; `PPOModule` is the LightningModule (manual optimisation: two optimisers,
-several steps per batch).
+`PPOObjective` is the pure-torch loss; `PPOModule` is the supervised `GLiClassModule` with a PPO training step
+(manual optimisation: two optimisers, several steps per batch). Validation, zero-shot testing, metrics, the
+parameter groups and the learning-rate schedule are the supervised module's.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from torch import nn
 
 from gliclass.modeling.architectures import GLiClassOutput
+from gliclass.modeling.losses import GLiClassLoss
+from gliclass.training.metrics import decide
+from gliclass.training.module import GLiClassModule, model_inputs
 from gliclass.training.rewards import CompositeReward, RewardResult, known_mask
 
 Tensor = torch.Tensor
-MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "labels_mask", "class_input_ids", "class_attention_mask")
 
 
 @dataclass
@@ -41,8 +43,7 @@ class PPOSettings:
     focal_alpha: float = -1.0
     focal_gamma: float = -1.0
     label_smoothing: float = -1.0
-    actions: str = "bernoulli"  # or "threshold": a = 1[p > threshold] (eq. 32)
-    threshold: float = 0.5
+    actions: str = "bernoulli"  # or "threshold": a = 1[p >= the module's decision threshold] (eq. 32)
 
     def __post_init__(self) -> None:
         if self.actions not in ("bernoulli", "threshold"):
@@ -72,11 +73,11 @@ class PPOSettings:
 
 
 def sample_actions(logits: Tensor, mode: str, threshold: float = 0.5) -> Tensor:
-    """Eq. 32: a ~ Bernoulli(p) (stochastic) or 1[p > threshold] (deterministic); float 0/1, no gradient."""
+    """Eq. 32: a ~ Bernoulli(p) (stochastic) or 1[p >= threshold] (deterministic, as `decide`); float 0/1."""
     probs = torch.sigmoid(logits.detach().float())
     if mode == "bernoulli":
         return torch.bernoulli(probs)
-    return (probs > threshold).float()
+    return (probs >= threshold).float()
 
 
 def action_log_probs(logits: Tensor, actions: Tensor, smoothing: float = -1.0) -> Tensor:
@@ -189,7 +190,8 @@ class FrozenPolicy(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.policy = copy.deepcopy(model).requires_grad_(False).eval()
+        self.policy = copy.deepcopy(model).requires_grad_(False)
+        self.train(False)
 
     def train(self, mode: bool = True) -> FrozenPolicy:
         return super().train(False)
@@ -197,10 +199,6 @@ class FrozenPolicy(nn.Module):
     @torch.no_grad()
     def forward(self, **inputs: Tensor) -> Tensor:
         return self.policy(**inputs).logits
-
-
-def model_inputs(batch: Mapping[str, Any]) -> dict[str, Tensor]:
-    return {key: batch[key] for key in MODEL_INPUT_KEYS if batch.get(key) is not None}
 
 
 def mean_reward(total: Tensor, active: Tensor) -> Tensor:
@@ -216,18 +214,21 @@ def value_targets(value: Tensor, rewards: Tensor, active: Tensor) -> Tensor:
     return (((value.unsqueeze(1) - rewards) ** 2) * mask).sum() / mask.sum().clamp(min=1)
 
 
-class PPOModule(LightningModule):
-    """Mid-training with PPO on a GLiClass model (stage=mid).
+class PPOModule(GLiClassModule):
+    """Mid-training with PPO (stage=mid). `loss` only scores validation and test batches (val/loss, test/loss).
 
-    `policy_optimizer` is a partial taking the parameters (or parameter groups) of the policy; `param_groups`, when
-    given, turns the model into those groups (the supervised stage's encoder / head learning rates).
+    `optimizer`, `param_groups` and `scheduler` build the policy optimiser as in supervised training; the scheduler
+    steps once per policy update (`num_rl_iters` per batch, which is also what `trainer.max_steps` counts). The value
+    head has its own AdamW. Gradients are clipped here to `max_grad_norm` (Lightning's clipping does not apply to
+    manual optimisation: keep `trainer.gradient_clip_val` null). Single-device: several backward passes per
+    training_step do not fit DDP's one-backward-per-forward contract.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        policy_optimizer: Callable[[Iterable[Any]], torch.optim.Optimizer],
-        param_groups: Callable[[nn.Module], list[dict[str, Any]]] | None = None,
+        loss: GLiClassLoss,
+        optimizer: Callable[..., torch.optim.Optimizer],
         reward: CompositeReward | Mapping[str, Mapping[str, Any]] | None = None,
         ppo: PPOSettings | Mapping[str, Any] | None = None,
         value_model: bool = True,
@@ -235,97 +236,137 @@ class PPOModule(LightningModule):
         value_weight_decay: float = 0.01,
         value_inner_size: int = 256,
         max_grad_norm: float | None = 1.0,
+        **supervised: Any,
     ) -> None:
-        super().__init__()
-        self.automatic_optimization = False  # several policy updates and a second optimiser per batch
-        self.model = model
+        super().__init__(model=model, loss=loss, optimizer=optimizer, **supervised)
         self.settings = ppo if isinstance(ppo, PPOSettings) else PPOSettings(**dict(ppo or {}))
+        self.save_hyperparameters(
+            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "reward", "ppo"], logger=False
+        )
+        self.hparams["ppo"] = asdict(self.settings)  # plain values, so checkpoints load with weights_only=True
+        self.automatic_optimization = False  # several policy updates and a second optimiser per batch
         self.reward = reward if isinstance(reward, CompositeReward) else CompositeReward(reward)
         self.objective = PPOObjective(self.settings)
-        self.policy_optimizer = policy_optimizer
-        self.param_groups = param_groups
         self.value_lr, self.value_weight_decay = value_lr, value_weight_decay
         self.max_grad_norm = max_grad_norm
-        self.reference = FrozenPolicy(model) if self.settings.use_kl else None
+        # kept out of the module tree: not trained, not checkpointed (a resumed run rebuilds it from init_from)
+        object.__setattr__(self, "reference", FrozenPolicy(model) if self.settings.use_kl else None)
         self.value_head = None
+        self.value_optimizer: torch.optim.Optimizer | None = None
+        self._value_optimizer_state: dict[str, Any] | None = None
         if value_model:
-            hidden = model.config.encoder_config.get_text_config().hidden_size
-            self.value_head = ValueHead(hidden, value_inner_size)
-        self.save_hyperparameters(
-            {"ppo": asdict(self.settings), "value_model": value_model, "value_lr": value_lr},
-            ignore=["model", "policy_optimizer", "param_groups", "reward"],
-        )
+            self.value_head = ValueHead(model.config.encoder_config.get_text_config().hidden_size, value_inner_size)
 
-    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
-        groups = self.param_groups(self.model) if self.param_groups is not None else self.model.parameters()
-        optimizers = [self.policy_optimizer(groups)]
+    def on_fit_start(self) -> None:
+        if self.reference is not None:
+            self.reference.to(self.device)
+
+    def _training_steps(self) -> int:
+        """Policy updates in the run: num_rl_iters per batch, capped by trainer.max_steps (which counts updates)."""
+        updates = super()._training_steps() * self.settings.num_rl_iters
+        return updates if self.trainer.max_steps == -1 else min(updates, self.trainer.max_steps)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """The supervised policy optimiser (and schedule); the value head's AdamW is stepped outside Lightning's
+        bookkeeping, so that `global_step` (max_steps, checkpoint intervals) counts policy updates only."""
+        self.value_optimizer = None
         if self.value_head is not None:
-            optimizers.append(
-                torch.optim.AdamW(self.value_head.parameters(), lr=self.value_lr, weight_decay=self.value_weight_decay)
+            self.value_optimizer = torch.optim.AdamW(
+                self.value_head.parameters(), lr=self.value_lr, weight_decay=self.value_weight_decay
             )
-        return optimizers
+            if self._value_optimizer_state is not None:
+                self.value_optimizer.load_state_dict(self._value_optimizer_state)
+        return super().configure_optimizers()
 
-    def forward(self, **inputs: Tensor) -> GLiClassOutput:
-        return self.model(**inputs)
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.value_optimizer is not None:
+            checkpoint["value_optimizer"] = self.value_optimizer.state_dict()
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        optimizers = self.optimizers()
-        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._value_optimizer_state = checkpoint.get("value_optimizer")  # applied when configure_optimizers runs
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        try:
+            failure = self._ppo_step(batch)
+        except torch.OutOfMemoryError:
+            failure = "out of memory"
+        if failure is not None:
+            # outside the except block: its traceback no longer pins the failed step's tensors
+            self.optimizers().zero_grad()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        self.skipped.record(failure, self.global_step)
+        self.log("train/skipped_batches", float(self.skipped.skipped), on_step=True, on_epoch=False)
+
+    def _ppo_step(self, batch: Mapping[str, Any]) -> str | None:
+        """Rollout, then num_rl_iters updates; the reason when the batch had to be abandoned, else None."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         inputs = model_inputs(batch)
-        output = self.model(**inputs)
-        labels_mask = output.labels_mask
+        output, actions, result, advantages, old_logp, ref_logits = self._rollout(batch, inputs)
         targets = batch["targets"].to(output.logits.dtype)
-        known = known_mask(targets, labels_mask, batch)
-
-        # rollout: actions, rewards, advantages and old log-probs are fixed for all num_rl_iters updates
-        actions = sample_actions(output.logits, self.settings.actions, self.settings.threshold)
-        result = self.reward(actions, torch.sigmoid(output.logits.detach()), targets, labels_mask, batch)
-        active = result.covered
-        ref_logits = self.reference(**inputs) if self.reference is not None else None
-        if self.value_head is not None:
-            baseline = self.value_head(output).detach()
-        else:
-            baseline = mean_reward(result.total, active).expand(len(actions))
-        advantages = (result.total - baseline.unsqueeze(1)) * active
-        old_logp = action_log_probs(output.logits.detach(), actions, self.settings.label_smoothing)
+        known = known_mask(targets, output.labels_mask, batch)
+        preds = decide(output.logits.detach(), output.labels_mask, multi_label=True, threshold=self.hparams.threshold)
+        self.train_metrics.update(preds, targets.nan_to_num(0).clamp(min=0), known, batch["label_names"])
 
         logged: dict[str, Tensor] = {}
         for iteration in range(self.settings.num_rl_iters):
             if iteration > 0:
                 output = self.model(**inputs)
             terms, monitors = self.objective(
-                output.logits, actions, old_logp, advantages, active, targets, known, ref_logits
+                output.logits, actions, old_logp, advantages, result.covered, targets, known, ref_logits
             )
+            policy_loss = torch.stack(list(terms.values())).sum()
             if self.value_head is not None:
-                terms["value_loss"] = value_targets(self.value_head(output), result.total, active)
-            loss = torch.stack(list(terms.values())).sum()  # eq. 25: the value head's graph is separate
-            for optimizer in optimizers:
-                optimizer.zero_grad()
-            self.manual_backward(loss)
-            for optimizer in optimizers:
+                terms["value_loss"] = value_targets(self.value_head(output), result.total, result.covered)
+            loss = torch.stack(list(terms.values())).sum()  # eq. 25
+            if not torch.isfinite(loss):
+                return f"non-finite PPO loss ({loss.item()}) at update {iteration + 1}"
+            optimizer.zero_grad()
+            self.manual_backward(policy_loss)
+            if self.max_grad_norm is not None:
+                self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if self.value_optimizer is not None:  # its own graph: the value head reads detached embeddings
+                self.value_optimizer.zero_grad()
+                terms["value_loss"].backward()
                 if self.max_grad_norm is not None:
-                    self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
-                optimizer.step()
+                    nn.utils.clip_grad_norm_(self.value_head.parameters(), self.max_grad_norm)
+                self.value_optimizer.step()
             for name, value in {"loss": loss, **terms, **monitors}.items():
                 logged[name] = logged.get(name, 0) + value.detach() / self.settings.num_rl_iters
 
-        self._log_rollout(logged, result, advantages, active, len(actions))
-        return logged["loss"]
+        self._log_rollout(logged, result, advantages, len(actions))
+        return None
 
-    def _log_rollout(
-        self, logged: dict[str, Tensor], result: RewardResult, advantages: Tensor, active: Tensor, size: int
-    ) -> None:
-        logged["reward"] = mean_reward(result.total, active)
-        logged["advantage_mean"] = advantages.sum() / active.sum().clamp(min=1)
+    def _rollout(
+        self, batch: Mapping[str, Any], inputs: Mapping[str, Tensor]
+    ) -> tuple[GLiClassOutput, Tensor, RewardResult, Tensor, Tensor, Tensor | None]:
+        """Actions, rewards, advantages and old log-probs: fixed for all num_rl_iters updates of this batch."""
+        output = self.model(**inputs)
+        targets = batch["targets"].to(output.logits.dtype)
+        threshold = self.hparams.threshold
+        actions = sample_actions(output.logits, self.settings.actions, threshold)
+        result = self.reward(actions, torch.sigmoid(output.logits.detach()), targets, output.labels_mask, batch)
+        ref_logits = self.reference(**inputs) if self.reference is not None else None
+        if self.value_head is not None:
+            baseline = self.value_head(output).detach()
+        else:
+            baseline = mean_reward(result.total, result.covered).expand(len(actions))
+        advantages = (result.total - baseline.unsqueeze(1)) * result.covered
+        old_logp = action_log_probs(output.logits.detach(), actions, self.settings.label_smoothing)
+        return output, actions, result, advantages, old_logp, ref_logits
+
+    def _log_rollout(self, logged: dict[str, Tensor], result: RewardResult, advantages: Tensor, size: int) -> None:
+        logged["reward"] = mean_reward(result.total, result.covered)
+        logged["advantage_mean"] = advantages.sum() / result.covered.sum().clamp(min=1)
         for name, values in result.components.items():
             covered = result.has_reward[name]
             logged[f"reward/{name}"] = (values * covered).sum() / covered.sum().clamp(min=1)
-        self.log_dict({f"train/{k}": v for k, v in logged.items()}, on_step=True, on_epoch=False, batch_size=size)
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """The reward of the deterministic policy (p > threshold) on held-out data."""
-        output = self.model(**model_inputs(batch))
-        targets = batch["targets"].to(output.logits.dtype)
-        actions = sample_actions(output.logits, "threshold", self.settings.threshold)
-        result = self.reward(actions, torch.sigmoid(output.logits), targets, output.labels_mask, batch)
-        self.log("val/reward", mean_reward(result.total, result.covered), batch_size=len(actions))
+        self.log("train/loss", logged["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log_dict(
+            {f"train/{k}": v for k, v in logged.items() if k != "loss"}, on_step=True, on_epoch=False, batch_size=size
+        )

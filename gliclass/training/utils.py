@@ -46,11 +46,15 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: Mapping
 
 
 def zero_shot_summary(metrics: Mapping[str, float], before: str = "zeroshot_untrained", after: str = "test") -> str:
-    """One line per evaluation dataset: macro-F1 of the untrained model -> after training."""
-    lines = []
+    """A table of the evaluation datasets: macro-F1 of the untrained model, after training, and micro-F1 after."""
+    rows = []
     for key, value in sorted(metrics.items()):
         if key.startswith(f"{after}/") and key.endswith("/f1_macro"):
-            untrained = metrics.get(before + key[len(after) :])
-            start = f"{untrained:.4f} -> " if untrained is not None else ""
-            lines.append(f"  {key[len(after) + 1 : -len('/f1_macro')] or 'mean'}: {start}{value:.4f}")
-    return "held-out zero-shot macro-F1 (untrained -> trained):\n" + "\n".join(lines) if lines else ""
+            name = key[len(after) + 1 : -len("/f1_macro")] or "mean"
+            untrained = metrics.get(before + key[len(after) :], float("nan"))
+            micro = metrics.get(key.replace("/f1_macro", "/f1_micro"), float("nan"))
+            rows.append(f"  {name:<24} {untrained:>10.4f} {value:>10.4f} {micro:>10.4f}")
+    if not rows:
+        return ""
+    header = f"  {'dataset':<24} {'untrained':>10} {'trained':>10} {'micro-F1':>10}"
+    return "zero-shot macro-F1 on the evaluation datasets:\n" + "\n".join([header, *rows])

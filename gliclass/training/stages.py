@@ -1,0 +1,117 @@
+"""Chaining the training stages (paper 2.3.3): pre-training -> PPO mid-training -> LoRA post-training.
+
+A stage starts from the previous one's weights with `init_from`: a Hugging Face export directory (the official
+layout, as every stage writes at its end) or a Lightning `.ckpt` of any stage (its `model.` weights).
+
+An experiment with a `stages` mapping (`{name: [overrides]}`, see conf/experiment/three_stage.yaml) runs them in
+order. Each stage's config is the run's config changed exactly as the stage's overrides change the default config
+(so `data=tiny`, `debug=fdr` or `trainer.max_steps=...` on the command line hold for every stage), with its own
+output and export directories below the run's, and `init_from` set to the previous stage's export.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf
+
+from gliclass.modeling import GLiClassModel
+from gliclass.processing import GLiClassProcessor
+from gliclass.training.build import build_model_and_processor
+
+log = logging.getLogger(__name__)
+
+
+def build_model_and_processor_from(
+    init_from: str | None,
+    backbone: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    max_length: int = 1024,
+) -> tuple[GLiClassModel, GLiClassProcessor]:
+    """The previous stage's model and processor, or a fresh one (`build_model_and_processor`) when `init_from` is
+    None. An export directory brings its own architecture config; a `.ckpt` is loaded into the configured one."""
+    if init_from is None:
+        return build_model_and_processor(backbone, config, max_length)
+    path = Path(init_from)
+    if path.is_dir():
+        log.info("starting from the export %s (its config.json fixes the architecture)", path)
+        model = GLiClassModel.from_pretrained(path)
+        return model, GLiClassProcessor.from_pretrained(path, config=model.config, max_length=max_length)
+    if path.suffix == ".ckpt" and path.is_file():
+        model, processor = build_model_and_processor(backbone, config, max_length)
+        load_checkpoint_weights(model, path)
+        return model, processor
+    raise FileNotFoundError(f"init_from={init_from!r} is neither an export directory nor a .ckpt file")
+
+
+def load_checkpoint_weights(model: GLiClassModel, path: str | Path) -> None:
+    """Load the `model.` entries of a Lightning checkpoint (value head, optimiser state, ... are left out)."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    weights = {key[len("model.") :]: value for key, value in state.items() if key.startswith("model.")}
+    if any("lora_" in key for key in weights):
+        raise ValueError(f"{path} holds LoRA adapters: start from that stage's export, where they are merged")
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = [key for key in missing if not key.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the configured model (same backbone/arch/pooling/scorer groups as the run that "
+            f"wrote it?): missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def _changes(default: Any, changed: Any, target: dict[str, Any]) -> None:
+    """Apply to `target` what turns `default` into `changed` (nested dicts; other values are replaced whole)."""
+    for key, value in changed.items():
+        if isinstance(value, dict) and isinstance(default.get(key), dict) and isinstance(target.get(key), dict):
+            _changes(default[key], value, target[key])
+        elif key not in default or default[key] != value:
+            target[key] = value
+    for key in default.keys() - changed.keys():
+        target.pop(key, None)
+
+
+def stage_config(cfg: DictConfig, overrides: Sequence[str], config_dir: str | Path) -> DictConfig:
+    """`cfg` with the changes that `overrides` make to the default `train` config."""
+    context = (
+        nullcontext()
+        if GlobalHydra.instance().is_initialized()
+        else initialize_config_dir(str(config_dir), version_base="1.3")
+    )
+    with context:
+        default = OmegaConf.to_container(compose("train"), resolve=False)
+        changed = OmegaConf.to_container(compose("train", overrides=list(overrides)), resolve=False)
+    target = OmegaConf.to_container(cfg, resolve=False)
+    _changes(default, changed, target)
+    return OmegaConf.create(target)
+
+
+def run_stages(
+    cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]], config_dir: str | Path
+) -> dict[str, float]:
+    """Run `cfg.stages` in order; metrics come back as `<stage>/<metric>`, plus the last stage's unprefixed."""
+    if not cfg.export:
+        raise ValueError("chained stages pass weights through their exports: export must stay true")
+    output_dir, export_dir = Path(cfg.paths.output_dir), Path(cfg.paths.export_dir)
+    metrics: dict[str, float] = {}
+    previous: Path | None = None
+    for index, (name, overrides) in enumerate(cfg.stages.items()):
+        stage = stage_config(cfg, overrides, config_dir)
+        stage.stages = None
+        stage.paths.output_dir = str(output_dir / f"{index}_{name}")
+        stage.paths.export_dir = str(export_dir / name)
+        if previous is not None:
+            if "init_from" not in stage:
+                raise ValueError(f"stage {name!r} takes no init_from: its overrides must pick stage=mid or stage=post")
+            stage.init_from = str(previous)
+        log.info("stage %d/%d: %s (%s), init_from=%s", index + 1, len(cfg.stages), name, list(overrides), previous)
+        stage_metrics = train(stage)
+        metrics |= {f"{name}/{key}": value for key, value in stage_metrics.items()}
+        previous = Path(stage.paths.export_dir)
+    return metrics | stage_metrics
