@@ -3,6 +3,7 @@
 python run.py                                   # the default run: MiniLM uni-encoder, models/default/
 python run.py experiment=minilm_bi              # a preset from conf/experiment/
 python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun: one directory per job
+python run.py run_name=my_run ...               # a run of its own: logs/train/runs/my_run/, models/my_run/
 python run.py ckpt_path=last                    # resume this run from its last.ckpt (fresh if there is none)
 python run.py hparams_search=optuna             # an Optuna sweep over the optimisation settings
 """
@@ -17,6 +18,8 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -71,6 +74,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics |= scalars(trainer.callback_metrics)
     if cfg.export and trainer.is_global_zero:
         export_dir = Path(cfg.paths.export_dir)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            export_dir = Path(cfg.paths.output_dir) / "model"  # sweep jobs must not share one export directory
         export_model(module.model, export_dir, processor)  # LoRA adapters (stage=post) are merged in
         log.info("exported the model to %s", export_dir)
 

@@ -21,8 +21,24 @@ from typing import Any
 
 import torch
 
+from gliclass.chunking import partition_labels, text_chunks
 from gliclass.config import LABEL_TOKEN
-from gliclass.processing import GLiClassProcessor, LabelBudgetError, check_labels, check_text, format_examples
+from gliclass.pipeline_inputs import (
+    check_bool,
+    check_threshold,
+    flatten_labels,
+    is_per_text,
+    per_text,
+    per_text_examples,
+)
+from gliclass.processing import (
+    GLiClassProcessor,
+    LabelBudgetError,
+    check_labels,
+    check_text,
+    format_examples,
+    pad_ids,
+)
 
 AGGREGATIONS = ("max", "mean", "logit-mean")
 Labels = Sequence[str] | Mapping[str, Any]
@@ -113,8 +129,8 @@ class ZeroShotPipeline:
         self.processor = processor
         self.config = processor.config
         self.batch_size = batch_size
-        self.multi_label = _check_bool(multi_label, "multi_label")
-        self.threshold = _check_threshold(threshold)
+        self.multi_label = check_bool(multi_label, "multi_label")
+        self.threshold = check_threshold(threshold)
         self.aggregation = aggregation
         self.chunk_overlap = chunk_overlap
         self.min_chunk_tokens = min_chunk_tokens
@@ -269,7 +285,7 @@ class ZeroShotPipeline:
         prompt: Any,
         examples: Any,
     ) -> tuple[list[_Request], bool]:
-        multi = self.multi_label if multi_label is None else _check_bool(multi_label, "multi_label")
+        multi = self.multi_label if multi_label is None else check_bool(multi_label, "multi_label")
         if isinstance(texts, str):
             texts = [texts]
         if texts is None or isinstance(texts, Mapping) or not isinstance(texts, Sequence):
@@ -280,17 +296,17 @@ class ZeroShotPipeline:
         flat = []
         for i, structure in enumerate(structures):
             try:
-                flat.append(check_labels(_flatten(structure, self.label_separator)))
+                flat.append(check_labels(flatten_labels(structure, self.label_separator)))
             except (TypeError, ValueError) as error:
-                where = f"labels of text {i}" if _is_per_text(labels) else "labels"
+                where = f"labels of text {i}" if is_per_text(labels) else "labels"
                 raise type(error)(f"{where}: {error}") from None
-        thresholds = _per_text(threshold, n, "threshold", self.threshold)
-        thresholds = [_check_threshold(value) for value in thresholds]
-        prompts = _per_text(prompt, n, "prompt", None)
+        thresholds = per_text(threshold, n, "threshold", self.threshold)
+        thresholds = [check_threshold(value) for value in thresholds]
+        prompts = per_text(prompt, n, "prompt", None)
         for i, value in enumerate(prompts):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"prompt {i} must be a str or None, got {type(value).__name__}")
-        shots = _per_text_examples(examples, n)
+        shots = per_text_examples(examples, n)
         for value in shots:
             format_examples(value)  # raises a ValueError naming a malformed example
         requests = [
@@ -309,7 +325,7 @@ class ZeroShotPipeline:
             raise TypeError(f"labels must be a list of str, a list per text, or a dict; got {type(labels).__name__}")
         if len(labels) == 0:
             raise ValueError("the label list is empty")
-        if not _is_per_text(labels):
+        if not is_per_text(labels):
             return [labels] * n
         if len(labels) != n:
             raise ValueError(f"got {n} texts but {len(labels)} label lists (one list per text, or one for all)")
@@ -361,7 +377,7 @@ class ZeroShotPipeline:
         reserve = self._text_window(num_text, budget - overhead, text_cost, len(request.labels))
         text_cap = budget - overhead - reserve
         while True:
-            groups = _partition(request.labels, text_cost, dec_cost, text_cap, dec_cap, self.max_labels_per_group)
+            groups = partition_labels(request.labels, text_cost, dec_cost, text_cap, dec_cap, self.max_labels_per_group)
             if arch == "encoder-decoder":
                 over = max(self._decoder_length(request.labels[a:b], request.prompt) - budget for a, b in groups)
                 if over > 0:  # a tokenizer merged differently than counted: tighten and regroup
@@ -375,7 +391,7 @@ class ZeroShotPipeline:
                     f"no room left for text beside the labels (budget {budget} tokens); use shorter labels or a "
                     "smaller max_labels_per_group"
                 )
-            chunks = _chunks(request.text, offsets, room, self.chunk_overlap)
+            chunks = text_chunks(request.text, offsets, room, self.chunk_overlap)
             rows = [(c, g, chunk, a, b) for c, chunk in enumerate(chunks) for g, (a, b) in enumerate(groups)]
             strings = [
                 proc.segments(chunk, request.labels[a:b], request.prompt, request.examples).string
@@ -412,10 +428,10 @@ class ZeroShotPipeline:
         if not requests:
             return []
         units = self._plan(requests)
-        num_chunks = [0] * len(requests)
+        numtext_chunks = [0] * len(requests)
         for unit in units:
-            num_chunks[unit.request] = max(num_chunks[unit.request], unit.chunk + 1)
-        results = [_Result(r.labels, torch.zeros(num_chunks[i], len(r.labels))) for i, r in enumerate(requests)]
+            numtext_chunks[unit.request] = max(numtext_chunks[unit.request], unit.chunk + 1)
+        results = [_Result(r.labels, torch.zeros(numtext_chunks[i], len(r.labels))) for i, r in enumerate(requests)]
         order = sorted(range(len(units)), key=lambda u: -units[u].length)  # similar lengths share a batch
         if self.use_label_cache:
             self._cache_labels({label for unit in units for label in unit.labels})
@@ -451,7 +467,7 @@ class ZeroShotPipeline:
             label_ids=not self.use_label_cache,
         )
         if self.use_label_cache:
-            batch = _pad_inputs(items, self.processor.tokenizer.pad_token_id or 0)
+            batch = self.processor.collate(items, label_ids=False)
             vectors = [torch.stack([self._label_cache[label] for label in u.labels]) for u in units]
             batch["class_embeddings"] = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
         else:
@@ -469,7 +485,7 @@ class ZeroShotPipeline:
             for start in range(0, len(missing), step):
                 names = missing[start : start + step]
                 ids = self.processor.label_ids(names)
-                padded = _pad_rows(ids, self.processor.label_tokenizer.pad_token_id or 0)
+                padded = pad_ids(ids, self.processor.label_tokenizer.pad_token_id or 0)
                 vectors = self.model.encode_labels(
                     padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
                 )
@@ -503,78 +519,6 @@ def _load_torch_model(path: str) -> torch.nn.Module:
         return GLiClassModel.from_pretrained(path)
 
 
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
-
-
-def _check_threshold(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"threshold must be a number in [0, 1], got {type(value).__name__}: {value!r}")
-    if not 0.0 <= float(value) <= 1.0:  # also rejects NaN
-        raise ValueError(f"threshold must be in [0, 1], got {value!r}")
-    return float(value)
-
-
-def _per_text(value: Any, n: int, name: str, default: Any) -> list[Any]:
-    if value is None:
-        return [default] * n
-    if isinstance(value, str) or not isinstance(value, Sequence):
-        return [value] * n
-    if len(value) != n:
-        raise ValueError(f"got {n} texts but {len(value)} values of {name} (give one value, or one per text)")
-    return [default if item is None else item for item in value]
-
-
-def _per_text_examples(examples: Any, n: int) -> list[list[Mapping[str, Any]] | None]:
-    if examples is None:
-        return [None] * n
-    if isinstance(examples, str | Mapping) or not isinstance(examples, Sequence):
-        raise TypeError(
-            f"examples must be a list of {{'text', 'labels'}} dicts (or one list per text), got {examples!r}"
-        )
-    if all(isinstance(example, Mapping) for example in examples):
-        return [list(examples) or None] * n
-    if len(examples) != n:
-        raise ValueError(f"got {n} texts but {len(examples)} example lists")
-    for i, shots in enumerate(examples):
-        if shots is not None and (isinstance(shots, str | Mapping) or not isinstance(shots, Sequence)):
-            raise TypeError(f"examples of text {i} must be a list of dicts or None, got {type(shots).__name__}")
-    return [list(shots) if shots else None for shots in examples]
-
-
-def _is_per_text(labels: Any) -> bool:
-    """A list whose items are lists or dicts holds one label set per text."""
-    if isinstance(labels, str | Mapping) or not isinstance(labels, Sequence) or not labels:
-        return False
-    kinds = {isinstance(item, Mapping) or (isinstance(item, Sequence) and not isinstance(item, str)) for item in labels}
-    if kinds == {True, False}:
-        raise TypeError("labels mixes strings and lists: give one list of str, or one list per text")
-    return kinds == {True}
-
-
-def _flatten(labels: Any, separator: str, prefix: str = "") -> list[str]:
-    """A hierarchical dict -> "parent{sep}child" names (depth-first, in input order); lists pass through."""
-    join = (lambda name: f"{prefix}{separator}{name}") if prefix else (lambda name: name)
-    if isinstance(labels, Mapping):
-        if not labels:
-            raise ValueError(f"the label dict{' under ' + repr(prefix) if prefix else ''} is empty")
-        flat = []
-        for key, value in labels.items():
-            if not isinstance(key, str):
-                raise TypeError(f"label dict keys must be str, got {type(key).__name__}: {key!r}")
-            flat.extend(_flatten(value, separator, join(key)))
-        return flat
-    if isinstance(labels, str):
-        return [join(labels)] if prefix else labels  # a bare str is rejected by check_labels
-    if not isinstance(labels, Sequence):
-        raise TypeError(f"labels must be a list of str, got {type(labels).__name__}")
-    if prefix and not labels:
-        raise ValueError(f"the label list under {prefix!r} is empty")
-    return [join(label) if isinstance(label, str) else label for label in labels]
-
-
 def _nest(structure: Any, scores: dict[str, float], pipe: ZeroShotPipeline, prefix: str = "") -> Any:
     """Scores arranged like the input labels: nested dicts of {name: score}."""
     join = (lambda name: f"{prefix}{pipe.label_separator}{name}") if prefix else (lambda name: name)
@@ -583,93 +527,3 @@ def _nest(structure: Any, scores: dict[str, float], pipe: ZeroShotPipeline, pref
     if isinstance(structure, str):
         return {structure: scores[join(structure)]}
     return {label: scores[join(label)] for label in structure}
-
-
-def _partition(
-    labels: list[str],
-    text_cost: list[int],
-    dec_cost: list[int],
-    text_cap: float,
-    dec_cap: float,
-    max_size: int | None,
-) -> list[tuple[int, int]]:
-    """Contiguous label groups [(start, end)] that respect both token caps, as few and as even as possible."""
-    for i, label in enumerate(labels):
-        if text_cost[i] > text_cap or dec_cost[i] > dec_cap:
-            raise LabelBudgetError(
-                f"label {label!r} alone needs {max(text_cost[i], dec_cost[i])} tokens, more than the "
-                f"{int(min(text_cap, dec_cap))} a label group may use; shorten it (or lower min_chunk_tokens)"
-            )
-    n, size_cap = len(labels), max_size or len(labels)
-    lower = max(
-        math.ceil(sum(text_cost) / text_cap) if text_cap > 0 else 1,
-        math.ceil(sum(dec_cost) / dec_cap) if dec_cap < math.inf else 1,
-        math.ceil(n / size_cap),
-        1,
-    )
-    for k in range(lower, n + 1):
-        groups, start = [], 0
-        for g in range(k):
-            target = math.ceil((n - start) / (k - g))  # even label counts keep groups alike
-            end, used_text, used_dec = start, 0, 0
-            while (
-                end < n
-                and end - start < min(target, size_cap)
-                and used_text + text_cost[end] <= text_cap
-                and used_dec + dec_cost[end] <= dec_cap
-            ):
-                used_text, used_dec, end = used_text + text_cost[end], used_dec + dec_cost[end], end + 1
-            groups.append((start, end))
-            start = end
-            if start == n:
-                break
-        if start == n:
-            return [(a, b) for a, b in groups if b > a]
-    raise AssertionError("unreachable: one label per group always fits")
-
-
-def _chunks(text: str, offsets: list[tuple[int, int]], room: int, overlap: int) -> list[str]:
-    """Overlapping windows of at most `room` tokens, cut at the tokenizer's character offsets.
-
-    A window ends (and the next one starts) at a word boundary when one lies in the window's second half.
-    """
-    n = len(offsets)
-    if not offsets or n <= room:
-        return [text]
-
-    def glued(i: int) -> bool:  # token i continues the word of token i - 1 (no character gap)
-        return offsets[i][0] == offsets[i - 1][1]
-
-    chunks, start = [], 0
-    while True:
-        end = min(start + room, n)
-        cut = end
-        while end < n and cut > start + room // 2 and glued(cut):
-            cut -= 1
-        if end < n and not glued(cut):
-            end = cut
-        chunks.append(text[offsets[start][0] : offsets[end - 1][1]])
-        if end == n:
-            return chunks
-        following = max(end - min(overlap, room // 2), start + 1)
-        while following > start + 1 and glued(following):
-            following -= 1
-        start = following
-
-
-def _pad_rows(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def _pad_inputs(items: Sequence[Mapping[str, Any]], pad: int) -> dict[str, torch.Tensor]:
-    """Text inputs + labels_mask only: with cached label vectors the label token ids are not needed."""
-    batch = _pad_rows([item["input_ids"] for item in items], pad)
-    counts = torch.tensor([item["num_labels"] for item in items])
-    batch["labels_mask"] = torch.arange(int(counts.max())).unsqueeze(0) < counts.unsqueeze(1)
-    return batch

@@ -277,15 +277,18 @@ class GLiClassProcessor:
         ]
 
     # ----------------------------------------------------------------- batching
-    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """Right-pad a list of `encode` outputs into tensors, with `labels_mask` [B, C]."""
+    def collate(self, items: Sequence[Mapping[str, Any]], label_ids: bool = True) -> dict[str, torch.Tensor]:
+        """Right-pad a list of `encode` outputs into tensors, with `labels_mask` [B, C].
+
+        `label_ids=False` (items encoded with `label_ids=False`) leaves out the label-encoder inputs.
+        """
         if not items:
             raise ValueError("collate needs at least one example (got an empty batch)")
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        batch = _pad_2d([it["input_ids"] for it in items], pad)
+        batch = pad_ids([it["input_ids"] for it in items], pad)
         counts = torch.tensor([it["num_labels"] for it in items])
         batch["labels_mask"] = torch.arange(int(counts.max())).unsqueeze(0) < counts.unsqueeze(1)
-        if self.config.uses_label_encoder:
+        if self.config.uses_label_encoder and label_ids:
             label_pad = self.label_tokenizer.pad_token_id or 0
             width = max(len(ids) for it in items for ids in it["class_input_ids"])
             num_slots = batch["labels_mask"].shape[1]
@@ -297,7 +300,7 @@ class GLiClassProcessor:
                     mask[b, c, : len(label_ids)] = 1
             batch["class_input_ids"], batch["class_attention_mask"] = ids, mask
         elif self.config.architecture_type == "encoder-decoder":
-            dec = _pad_2d([it["class_input_ids"] for it in items], pad)
+            dec = pad_ids([it["class_input_ids"] for it in items], pad)
             batch["class_input_ids"], batch["class_attention_mask"] = dec["input_ids"], dec["attention_mask"]
         return batch
 
@@ -311,7 +314,8 @@ class GLiClassProcessor:
         return self.collate(self.encode_batch(texts, labels, prompts, examples))
 
 
-def _pad_2d(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
+def pad_ids(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
+    """Right-pad token id lists -> `input_ids` and `attention_mask` tensors."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch import Callback
@@ -113,11 +114,12 @@ def test_ablation_multirun_writes_one_directory_per_job(tmp_path):
         f"paths.log_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    jobs = sorted(p.name for p in (tmp_path / "train" / "multiruns" / "default").iterdir() if p.is_dir())
-    expected = sorted(f"arch={a},pooling={p}" for a in ("bi", "fused", "uni") for p in ("attn", "first", "mean"))
-    assert [job for job in jobs if not job.startswith(".")] == expected
-    for job in expected:
-        assert (tmp_path / "train" / "multiruns" / "default" / job / ".hydra" / "overrides.yaml").is_file()
+    sweep = tmp_path / "train" / "multiruns" / "default"
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert [job.name for job in jobs] == [str(n) for n in range(9)]
+    ran = {tuple(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[:2]) for job in jobs}
+    assert ran == {(f"arch={a}", f"pooling={p}") for a in ("uni", "bi", "fused") for p in ("first", "mean", "attn")}
+    assert all((job / "csv").is_dir() for job in jobs), "every job logs into its own directory"
 
 
 class EpochSampler(Sampler[int]):
@@ -241,3 +243,20 @@ def test_simulated_ddp_on_two_cpu_processes(tmp_path):
     metrics = run.train(cfg)
     assert {"val/f1_macro", "test/f1_macro"} <= set(metrics)
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+@pytest.mark.slow
+def test_optuna_sweep_runs_trials_and_reports_the_best(tmp_path):
+    result = run_py(
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=1",
+        "debug=fdr",
+        "backbone=tiny_bert",
+        "data=tiny",
+        "test=false",
+        f"paths.log_dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    best = yaml.safe_load((tmp_path / "debug" / "multiruns" / "default" / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) >= {"module.optimizer.lr", "loss.focal_gamma"}

@@ -147,7 +147,9 @@ class GLiClassModule(LightningModule):
         if skip:
             return None  # Lightning then skips backward and the optimiser step
         size = len(batch["input_ids"])
-        self.log("train/loss", terms["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
+        self.log(
+            "train/loss", terms["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
+        )
         self.log_dict(
             {f"train/loss_{name}": value for name, value in terms.items() if name != "loss"},
             on_step=True,
@@ -176,12 +178,14 @@ class GLiClassModule(LightningModule):
         return terms, output, None
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})
+        # metric values are already synchronised across processes; sync_dist only silences the DDP warning
+        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()}, sync_dist=True)
         self.train_metrics.reset()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         terms, output = self.model_step(batch)
-        self.log("val/loss", terms["loss"], on_epoch=True, prog_bar=True, batch_size=len(batch["input_ids"]))
+        size = len(batch["input_ids"])
+        self.log("val/loss", terms["loss"], on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         # the mix mixes single- and multi-label sources; the training objective's decision is the threshold
         preds = decide(output.logits, output.labels_mask, multi_label=True, threshold=self.hparams.threshold)
         self.val_metrics.update(preds, batch["targets"], output.labels_mask, batch["label_names"])
@@ -189,11 +193,11 @@ class GLiClassModule(LightningModule):
     def on_validation_epoch_end(self) -> None:
         scores = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict({f"val/{k}": v for k, v in scores.items()}, prog_bar=False)
+        self.log_dict({f"val/{k}": v for k, v in scores.items()}, sync_dist=True)
         if self.trainer.sanity_checking:
             return
         self.val_f1_best.update(scores["f1_macro"])
-        self.log("val/f1_macro_best", self.val_f1_best.compute(), prog_bar=True)
+        self.log("val/f1_macro_best", self.val_f1_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         name, multi_label = self.eval_datasets[dataloader_idx]
@@ -204,6 +208,7 @@ class GLiClassModule(LightningModule):
             on_epoch=True,
             add_dataloader_idx=False,
             batch_size=len(batch["input_ids"]),
+            sync_dist=True,
         )
         preds = decide(output.logits, output.labels_mask, multi_label, self.hparams.threshold)
         self.test_metrics[name].update(preds, batch["targets"], output.labels_mask, batch["label_names"])
@@ -219,7 +224,7 @@ class GLiClassModule(LightningModule):
         # the headline number: the unweighted mean over datasets of each score
         for key in next(iter(per_dataset.values()), {}):
             values[f"{self.test_prefix}/{key}"] = torch.stack([s[key] for s in per_dataset.values()]).mean()
-        self.log_dict(values, add_dataloader_idx=False)
+        self.log_dict(values, add_dataloader_idx=False, sync_dist=True)
 
     # ----------------------------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
