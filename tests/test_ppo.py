@@ -242,15 +242,16 @@ def test_mean_reward_rises_on_a_label_rule(value_model):
 
 @pytest.mark.slow
 def test_mean_reward_rises_on_a_word_rule():
-    # the rule: a label applies iff its word occurs in the text (needs the text, not just label priors)
+    # the rule: a label applies iff its word occurs in the text (needs the text, not just label priors); the KL
+    # term keeps the random tiny model from collapsing onto "predict every label" before it reads the text
     _, processor = tiny_model()
     rewards, _, _ = learn(
         rule_batch(processor),
-        150,
+        300,
         lr=1e-3,
         model_config={"pooling_strategy": "avg"},
-        value_model=False,
+        value_lr=1e-2,
         ppo={"kl_beta": 0.1},
     )
-    early, late = sum(rewards[:20]) / 20, sum(rewards[-20:]) / 20
-    assert late > early + 0.12, (early, late)
+    early, late = sum(rewards[:50]) / 50, sum(rewards[-50:]) / 50
+    assert late > early + 0.15, (early, late)

@@ -208,7 +208,7 @@ def mean_reward(total: Tensor, active: Tensor) -> Tensor:
     return (per_sample * has_reward).sum() / has_reward.sum().clamp(min=1)
 
 
-def value_targets(value: Tensor, rewards: Tensor, active: Tensor) -> Tensor:
+def value_loss(value: Tensor, rewards: Tensor, active: Tensor) -> Tensor:
     """Eq. 27: |V(s) - R|^2 averaged over the active slots (per-label rewards regress V to their mean)."""
     mask = active.to(value.dtype)
     return (((value.unsqueeze(1) - rewards) ** 2) * mask).sum() / mask.sum().clamp(min=1)
@@ -319,7 +319,7 @@ class PPOModule(GLiClassModule):
             )
             policy_loss = torch.stack(list(terms.values())).sum()
             if self.value_head is not None:
-                terms["value_loss"] = value_targets(self.value_head(output), result.total, result.covered)
+                terms["value_loss"] = value_loss(self.value_head(output), result.total, result.covered)
             loss = torch.stack(list(terms.values())).sum()  # eq. 25
             if not torch.isfinite(loss):
                 return f"non-finite PPO loss ({loss.item()}) at update {iteration + 1}"

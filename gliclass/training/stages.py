@@ -6,7 +6,8 @@ layout, as every stage writes at its end) or a Lightning `.ckpt` of any stage (i
 An experiment with a `stages` mapping (`{name: [overrides]}`, see conf/experiment/three_stage.yaml) runs them in
 order. Each stage's config is the run's config changed exactly as the stage's overrides change the default config
 (so `data=tiny`, `debug=fdr` or `trainer.max_steps=...` on the command line hold for every stage), with its own
-output and export directories below the run's, and `init_from` set to the previous stage's export.
+output and export directories below the run's, and `init_from` set to the previous stage's export (every stage but
+the last exports, whatever `export` says).
 """
 
 from __future__ import annotations
@@ -96,8 +97,6 @@ def run_stages(
     cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]], config_dir: str | Path
 ) -> dict[str, float]:
     """Run `cfg.stages` in order; metrics come back as `<stage>/<metric>`, plus the last stage's unprefixed."""
-    if not cfg.export:
-        raise ValueError("chained stages pass weights through their exports: export must stay true")
     output_dir, export_dir = Path(cfg.paths.output_dir), Path(cfg.paths.export_dir)
     metrics: dict[str, float] = {}
     previous: Path | None = None
@@ -106,6 +105,8 @@ def run_stages(
         stage.stages = None
         stage.paths.output_dir = str(output_dir / f"{index}_{name}")
         stage.paths.export_dir = str(export_dir / name)
+        if index < len(cfg.stages) - 1:
+            stage.export = True  # the next stage starts from this export (even under debug presets' export=false)
         if previous is not None:
             if "init_from" not in stage:
                 raise ValueError(f"stage {name!r} takes no init_from: its overrides must pick stage=mid or stage=post")
