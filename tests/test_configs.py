@@ -54,20 +54,23 @@ def test_experiments_compose_into_a_valid_model_config(experiment):
 
 def test_group_names_map_to_the_official_config_values():
     cfg = compose_train(["arch=fused", "pooling=mean", "scorer=dot"])
-    assert OmegaConf.to_container(cfg.model.config) == {
+    assert OmegaConf.to_container(cfg.model.config).items() >= {
         "architecture_type": "bi-encoder-fused",
         "pooling_strategy": "avg",
         "scorer_type": "simple",
-    }
+    }.items()
     # cross-attention reads every text token, so it overrides the pooling
     assert compose_train(["pooling=attn", "scorer=cross_attn"]).model.config.pooling_strategy == "pass"
 
 
-def test_default_run_is_the_offline_minilm_uni_encoder_with_paper_optimisation():
+def test_default_run_is_the_offline_minilm_uni_encoder():
     cfg = compose_train([])
     assert cfg.model.backbone.name == "minilm" and cfg.model.config.architecture_type == "uni-encoder"
-    assert cfg.module.optimizer.lr == 3e-5 and cfg.module.param_groups.encoder_lr == 1e-5
+    # the paper's two groups; the short CPU run trains them faster than the paper's 1.2M-example recipe
+    assert cfg.module.optimizer.lr == cfg.optim.lr and cfg.module.param_groups.encoder_lr == cfg.optim.encoder_lr
     assert cfg.module.param_groups.weight_decay == 0.01
+    paper = compose_train(["experiment=paper_base"])
+    assert (paper.module.optimizer.lr, paper.module.param_groups.encoder_lr) == (3e-5, 1e-5)
     checkpoint = cfg.callbacks.model_checkpoint
     assert (checkpoint.every_n_train_steps, checkpoint.save_top_k, checkpoint.save_last) == (1000, 3, True)
     assert set(cfg.data.eval_datasets).isdisjoint(cfg.data.benchmarks), "evaluation data must be held out"

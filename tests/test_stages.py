@@ -31,7 +31,7 @@ def test_stage_configs_pick_their_modules(tmp_path):
     assert mid.trainer.gradient_clip_val is None  # manual optimisation clips by itself
     assert mid.module.ppo.clip_eps == 0.2 and mid.module.ppo.num_rl_iters == 3 and mid.module.ppo.kl_beta == -1
     assert set(mid.reward.components) == {"f1", "label_count"}
-    assert mid.module.param_groups.encoder_lr == 1e-5  # the pre-training optimisation, inherited
+    assert mid.module.param_groups.encoder_lr == mid.optim.encoder_lr  # the pre-training optimisation, inherited
     post = compose_train(tmp_path, ["stage=post", "lora=deberta"])
     assert post.module._target_ == "gliclass.training.lora.LoraModule"
     assert post.loss.focal_alpha == 0.7 and post.lora.r == 384

@@ -259,4 +259,4 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     best = yaml.safe_load((tmp_path / "debug" / "multiruns" / "default" / "optimization_results.yaml").read_text())
-    assert set(best["best_params"]) >= {"module.optimizer.lr", "loss.focal_gamma"}
+    assert set(best["best_params"]) >= {"optim.lr", "optim.encoder_lr", "loss.focal_gamma"}
