@@ -16,10 +16,8 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
-from torch.utils.data import DataLoader, Sampler
 
 from gliclass import GLiClassModel, GLiClassProcessor
-from gliclass.data import GLiClassCollator, GLiClassDataset, read_benchmark, to_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -122,70 +120,6 @@ def test_ablation_multirun_writes_one_directory_per_job(tmp_path):
     assert all((job / "csv").is_dir() for job in jobs), "every job logs into its own directory"
 
 
-class EpochSampler(Sampler[int]):
-    """A permutation drawn from (seed, epoch), resumable after any sample. Lightning calls `set_epoch` at each
-    epoch start, so an epoch's order does not depend on what ran before it."""
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed = size, seed
-        self.epoch = self.yielded = self.skip = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.skip = epoch, 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1000 + self.epoch))
-        start, self.skip = self.skip, 0
-        for position in range(start, self.size):
-            self.yielded = position + 1
-            yield order[position].item()
-
-
-class ResumableLoader(DataLoader):
-    """Lightning stores `state_dict()` of a training loader that has one in each checkpoint."""
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.sampler.epoch, "yielded": self.sampler.yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler = self.sampler
-        sampler.epoch, sampler.skip = state["epoch"], state["yielded"]
-        if sampler.skip == len(sampler):  # saved after an epoch's last batch: Lightning continues with this iterator
-            sampler.epoch, sampler.skip = sampler.epoch + 1, 0
-
-
-class ResumableData(L.LightningDataModule):
-    """Tiny benchmark data whose training loader resumes mid-epoch (the GLiClassDataModule contract otherwise)."""
-
-    def __init__(self, processor: GLiClassProcessor, data_dir: str, seed: int) -> None:
-        super().__init__()
-        self.processor, self.seed = processor, seed
-        self.train = to_examples(read_benchmark("emotion", "train", data_dir, limit=28), max_negatives=3, seed=seed)
-        self.val = to_examples(read_benchmark("emotion", "validation", data_dir, limit=8), all_labels=True)
-        self.eval_names, self.eval_multi_label = ["sst2"], {"sst2": False}
-        self.test = to_examples(read_benchmark("sst2", "test", data_dir, limit=8), all_labels=True)
-
-    def loader(self, rows: list) -> DataLoader:
-        return DataLoader(
-            GLiClassDataset(rows, self.processor), batch_size=8, collate_fn=GLiClassCollator(self.processor)
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = EpochSampler(len(self.train), seed=self.seed)
-        dataset = GLiClassDataset(self.train, self.processor)
-        return ResumableLoader(dataset, batch_size=4, sampler=sampler, collate_fn=GLiClassCollator(self.processor))
-
-    def val_dataloader(self) -> DataLoader:
-        return self.loader(self.val)
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self.loader(self.test)]
-
-
 class Killed(Exception):
     pass
 
@@ -202,9 +136,9 @@ class KillAtStep(Callback):
 
 
 def resumable_run(tmp_path: Path, overrides: list[str], kill_at: int | None = None):
-    cfg = compose_train(tmp_path, ["backbone=tiny_bert", "eval_untrained=false", "logger=csv", *overrides])
+    # the real GLiClassDataModule: its training loader checkpoints its position (gliclass/data/resumable.py)
+    cfg = compose_train(tmp_path, ["backbone=tiny_bert", "data=tiny", "eval_untrained=false", "logger=csv", *overrides])
     with open_dict(cfg):
-        cfg.data = {"_target_": f"{__name__}.ResumableData", "data_dir": "${paths.data_dir}", "seed": "${seed}"}
         cfg.callbacks.model_checkpoint.every_n_train_steps = 1
         if kill_at is not None:
             cfg.callbacks.kill = {"_target_": f"{__name__}.KillAtStep", "step": kill_at}
@@ -212,9 +146,9 @@ def resumable_run(tmp_path: Path, overrides: list[str], kill_at: int | None = No
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [5, 7, 10])  # mid-epoch, at the end of epoch 1, mid-epoch after a resumed epoch
+@pytest.mark.parametrize("kill_at", [5, 8, 11])  # mid-epoch, at the end of epoch 1, mid-epoch after a resumed epoch
 def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path, kill_at):
-    steps = ["trainer.max_epochs=2"]  # 7 batches per epoch, 14 steps
+    steps = ["trainer.max_epochs=2"]  # data=tiny: 30 training rows, batch 4: 8 batches per epoch, 16 steps
     unbroken = resumable_run(tmp_path / "unbroken", steps)
     with pytest.raises(Killed):
         resumable_run(tmp_path / "resumed", steps, kill_at=kill_at)
@@ -238,7 +172,7 @@ def test_resuming_without_a_checkpoint_starts_fresh(tmp_path):
 def test_simulated_ddp_on_two_cpu_processes(tmp_path):
     cfg = compose_train(
         tmp_path,
-        ["trainer=ddp_sim", "data=tiny", "backbone=tiny_bert", "trainer.max_steps=2", "eval_untrained=false"],
+        ["trainer=ddp_sim", "data=tiny", "backbone=tiny_bert", "eval_untrained=false"],
     )
     metrics = run.train(cfg)
     assert {"val/f1_macro", "test/f1_macro"} <= set(metrics)

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
@@ -30,6 +29,7 @@ from gliclass.data.formats import Example, read_training_file
 from gliclass.data.hub import load_hub_benchmark
 from gliclass.data.nli import load_hub_nli, nli_examples, read_nli
 from gliclass.data.patterns import pattern_stream
+from gliclass.data.resumable import EpochSampler, ResumableLoader
 from gliclass.processing import GLiClassProcessor
 
 
@@ -202,14 +202,20 @@ class GLiClassDataModule(LightningDataModule):
     def _loader(self, examples: Sequence[Example], train: bool) -> DataLoader:
         processor = self._processor()
         dataset = GLiClassDataset(examples, processor, shuffle_labels=train and self.shuffle_labels, seed=self.seed)
-        return DataLoader(
+        if not train:
+            return DataLoader(
+                dataset,
+                batch_size=self.eval_batch_size,
+                collate_fn=GLiClassCollator(processor),
+                num_workers=self.num_workers,
+            )
+        # non-persistent workers: each epoch's workers get the dataset with the epoch the sampler just set
+        return ResumableLoader(
             dataset,
-            batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            batch_size=self.batch_size,
+            sampler=EpochSampler(len(dataset), self.seed, on_epoch=dataset.set_epoch),
             collate_fn=GLiClassCollator(processor),
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -7,18 +7,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from gliclass.data.formats import Example
 from gliclass.processing import GLiClassProcessor, LabelBudgetError
 
 
 class GLiClassDataset(Dataset):
-    """Encodes examples on access; with `shuffle_labels`, each access presents the labels in a fresh order.
+    """Encodes examples on access; with `shuffle_labels`, labels come in an order drawn from (seed, epoch, index).
 
-    The shuffle is seeded by (seed, worker seed or "main", this process's access count, index). Worker seeds are
-    drawn each epoch from the loader's generator, and access counts grow, so orders change every epoch and repeat
-    across runs with the same seeds.
+    The epoch is set by the training sampler (`EpochSampler`), so orders change every epoch and a resumed run draws
+    the same orders as an unbroken one.
     """
 
     def __init__(
@@ -32,15 +31,16 @@ class GLiClassDataset(Dataset):
         self.processor = processor
         self.shuffle_labels = shuffle_labels
         self.seed = seed
-        self._draws = 0  # main-process accesses so far: a new order every time an index is revisited
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.examples)
 
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
     def _rng(self, index: int) -> random.Random:
-        worker = get_worker_info()
-        self._draws += 1  # per process: persistent workers keep counting across epochs
-        return random.Random(f"{self.seed}:{worker.seed if worker else 'main'}:{self._draws}:{index}")
+        return random.Random(f"{self.seed}:{self.epoch}:{index}")
 
     def label_order(self, index: int) -> list[str]:
         labels = list(self.examples[index].all_labels)

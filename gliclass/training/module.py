@@ -147,9 +147,8 @@ class GLiClassModule(LightningModule):
         if skip:
             return None  # Lightning then skips backward and the optimiser step
         size = len(batch["input_ids"])
-        self.log(
-            "train/loss", terms["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True
-        )
+        # no sync_dist: the progress bar reads this on rank 0 alone, and a collective there deadlocks DDP
+        self.log("train/loss", terms["loss"], on_step=True, on_epoch=True, prog_bar=True, batch_size=size)
         self.log_dict(
             {f"train/loss_{name}": value for name, value in terms.items() if name != "loss"},
             on_step=True,
@@ -178,8 +177,7 @@ class GLiClassModule(LightningModule):
         return terms, output, None
 
     def on_train_epoch_end(self) -> None:
-        # metric values are already synchronised across processes; sync_dist only silences the DDP warning
-        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()}, sync_dist=True)
+        self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})  # synced by compute()
         self.train_metrics.reset()
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
