@@ -209,11 +209,10 @@ class GLiClassDataModule(LightningDataModule):
                 collate_fn=GLiClassCollator(processor),
                 num_workers=self.num_workers,
             )
-        # non-persistent workers: each epoch's workers get the dataset with the epoch the sampler just set
         return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), self.seed, on_epoch=dataset.set_epoch),
+            sampler=EpochSampler(len(dataset), self.seed, on_start=dataset.set_draws),
             collate_fn=GLiClassCollator(processor),
             num_workers=self.num_workers,
         )

@@ -7,17 +7,18 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from gliclass.data.formats import Example
 from gliclass.processing import GLiClassProcessor, LabelBudgetError
 
 
 class GLiClassDataset(Dataset):
-    """Encodes examples on access; with `shuffle_labels`, labels come in an order drawn from (seed, epoch, index).
+    """Encodes examples on access; with `shuffle_labels`, each access presents the labels in a fresh order.
 
-    The epoch is set by the training sampler (`EpochSampler`), so orders change every epoch and a resumed run draws
-    the same orders as an unbroken one.
+    The shuffle is seeded by (seed, worker seed or "main", the count of samples drawn so far, index). The training
+    sampler (`EpochSampler`) sets that count at the start of each pass, so a resumed run draws the same orders as an
+    unbroken one; orders change every epoch and repeat across runs with the same seeds.
     """
 
     def __init__(
@@ -31,16 +32,18 @@ class GLiClassDataset(Dataset):
         self.processor = processor
         self.shuffle_labels = shuffle_labels
         self.seed = seed
-        self.epoch = 0
+        self._draws = 0  # accesses so far (per process): a new order every time an index is revisited
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_draws(self, draws: int) -> None:
+        self._draws = draws
 
     def _rng(self, index: int) -> random.Random:
-        return random.Random(f"{self.seed}:{self.epoch}:{index}")
+        worker = get_worker_info()
+        self._draws += 1
+        return random.Random(f"{self.seed}:{worker.seed if worker else 'main'}:{self._draws}:{index}")
 
     def label_order(self, index: int) -> list[str]:
         labels = list(self.examples[index].all_labels)

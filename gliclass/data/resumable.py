@@ -1,7 +1,8 @@
 """A training loader that resumes exactly mid-epoch: Lightning stores its `state_dict()` in every checkpoint.
 
-The epoch's order is a permutation drawn from (seed, epoch), and label shuffles are keyed on (seed, epoch, index), so
-nothing depends on what ran before a restart: a killed and resumed run sees the same batches as an unbroken one.
+The epoch's order is a permutation drawn from seed + epoch (epoch 0 is the order a plain shuffled DataLoader with a
+generator seeded by `seed` draws), and the dataset's label-shuffle counter is set from the position, so nothing
+depends on what ran before a restart: a killed and resumed run sees the same batches as an unbroken one.
 """
 
 from __future__ import annotations
@@ -15,23 +16,23 @@ from torch.utils.data import DataLoader, Sampler
 class EpochSampler(Sampler[int]):
     """A permutation drawn from (seed, epoch), resumable after any sample (Lightning calls `set_epoch`)."""
 
-    def __init__(self, size: int, seed: int, on_epoch: Callable[[int], None] | None = None) -> None:
-        self.size, self.seed, self.on_epoch = size, seed, on_epoch
+    def __init__(self, size: int, seed: int, on_start: Callable[[int], None] | None = None) -> None:
+        self.size, self.seed, self.on_start = size, seed, on_start
         self.epoch = self.yielded = self.skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.skip = epoch, 0
-        if self.on_epoch is not None:
-            self.on_epoch(self.epoch)
 
     def __len__(self) -> int:
         return self.size
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         start, self.skip = self.skip, 0
+        if self.on_start is not None:  # samples drawn before this one in the run, unbroken or not
+            self.on_start(self.epoch * self.size + start)
         for position in range(start, self.size):
             self.yielded = position + 1
             yield order[position]
