@@ -29,6 +29,9 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # a shuffled DataLoader first draws its workers' base seed from this generator, then the permutation:
+        # drawing the same way keeps epoch 0 identical to `DataLoader(shuffle=True, generator=seeded)`
+        torch.empty((), dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(self.size, generator=generator).tolist()
         start, self.skip = self.skip, 0
         if self.on_start is not None:  # samples drawn before this one in the run, unbroken or not
