@@ -24,7 +24,7 @@ from gliclass.data.formats import Example
 from gliclass.evaluation.common import DEFAULT_MODEL, resolve_model, run_record
 from gliclass.evaluation.data import EvalSet, classification_datasets, few_shot_indices, load_eval_set
 from gliclass.evaluation.metrics import evaluate_scores
-from gliclass.evaluation.report import markdown_table, mean, write_json, write_text
+from gliclass.evaluation.report import markdown_table, mean, publish
 from gliclass.evaluation.systems import GLiClassSystem
 from gliclass.modeling import GLiClassModel
 from gliclass.modeling.losses import GLiClassLoss
@@ -192,11 +192,7 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
-    out = Path(args.out)
-    write_json(result, out / f"{args.name}.json")
-    text = render(result)
-    write_text(text, out / f"{args.name}.md")
-    print(text)
+    publish(result, args.out, args.name, render)
     return result
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +88,13 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text if text.endswith("\n") else text + "\n")
     return path
+
+
+def publish(result: Mapping[str, Any], out: str | os.PathLike, name: str, render: Callable[..., str]) -> str:
+    """Write `<out>/<name>.json` and the rendered `<out>/<name>.md`, print the Markdown and return it."""
+    out = Path(out)
+    write_json(result, out / f"{name}.json")
+    text = render(result)
+    write_text(text, out / f"{name}.md")
+    print(text)
+    return text

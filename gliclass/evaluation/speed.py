@@ -21,7 +21,7 @@ from transformers import AutoTokenizer
 
 from gliclass.data.benchmarks import data_root, read_benchmark, read_labels
 from gliclass.evaluation.common import CACHE_DIR, DEFAULT_MODEL, fresh_minilm, resolve_model, run_record
-from gliclass.evaluation.report import markdown_table, write_json, write_text
+from gliclass.evaluation.report import markdown_table, publish
 from gliclass.evaluation.workers import Worker, WorkerError, official_python
 from gliclass.processing import GLiClassProcessor
 
@@ -422,12 +422,8 @@ def plot(result: dict[str, Any], path: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = run(args)
-    out = Path(args.out)
-    write_json(result, out / f"{args.name}.json")
-    plot(result, out / f"{args.name}.png")
-    text = render(result)
-    write_text(text, out / f"{args.name}.md")
-    print(text)
+    plot(result, Path(args.out) / f"{args.name}.png")
+    publish(result, args.out, args.name, render)
     return result
 
 

@@ -24,7 +24,7 @@ from gliclass.data.nli import read_nli
 from gliclass.evaluation.common import DEFAULT_MODEL, resolve_model, run_record
 from gliclass.evaluation.data import EvalSet, classification_datasets, load_eval_set
 from gliclass.evaluation.metrics import evaluate_scores
-from gliclass.evaluation.report import accuracy_table, markdown_table, write_json, write_text
+from gliclass.evaluation.report import accuracy_table, markdown_table, publish
 from gliclass.evaluation.systems import EmbeddingSimilarity, GLiClassSystem, PairwiseCrossEncoder, System
 from gliclass.evaluation.workers import Worker, official_python
 from gliclass.processing import GLiClassProcessor
@@ -244,11 +244,7 @@ def render(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     result = evaluate(args)
-    out = Path(args.out)
-    write_json(result, out / f"{args.name}.json")
-    text = render(result)
-    write_text(text, out / f"{args.name}.md")
-    print(text)
+    publish(result, args.out, args.name, render)
     return result
 
 
