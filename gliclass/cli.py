@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["max", "mean", "logit-mean"],
         help="combine chunk scores of long texts (default: max for multi-label, mean for single-label)",
     )
+    predict.add_argument(
+        "--long-text",
+        choices=["chunk", "truncate"],
+        default="chunk",
+        help="a text that does not fit beside its labels: score every window (chunk) or its head only (truncate)",
+    )
+    predict.add_argument(
+        "--compile", action="store_true", help="torch.compile the model (exact; ~30 s one-off, then faster)"
+    )
+    predict.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: bfloat16 autocast (faster, ~1e-2 logits)"
+    )
     backend = predict.add_mutually_exclusive_group()
     backend.add_argument("--onnx", action="store_true", help="run the ONNX export in --model with onnxruntime")
     backend.add_argument("--int8", action="store_true", help="run the int8-quantised ONNX export")
@@ -190,6 +202,9 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
             multi_label=args.multi_label,
             threshold=args.threshold,
             aggregation=args.aggregation,
+            long_text=args.long_text,
+            compile=args.compile,
+            precision=args.precision,
         )
     except FileNotFoundError as error:
         raise UsageError(str(error)) from None

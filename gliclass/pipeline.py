@@ -41,6 +41,8 @@ from gliclass.processing import (
 )
 
 AGGREGATIONS = ("max", "mean", "logit-mean")
+LONG_TEXT = ("chunk", "truncate")
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 Labels = Sequence[str] | Mapping[str, Any]
 
 
@@ -96,6 +98,16 @@ class ZeroShotPipeline:
         max_labels_per_group: an upper bound on labels per model row (None: as many as fit).
         label_separator: joins the keys of a hierarchical label dict ("sentiment.positive").
         label_cache: bi-encoders encode each label once and reuse its vector across calls (see `clear_label_cache`).
+        long_text: what to do with a text that does not fit beside its labels: "chunk" (default) scores every
+            window of it and aggregates; "truncate" keeps its head only (one row per label group, as fast as a
+            cut-off pipeline, but every label is still scored).
+        compile: run the model through `torch.compile(dynamic=True)` with inductor weight freezing. Exact (same
+            logits to float rounding) and ~1.2-1.5x faster per forward on CPU, after a one-off compile of roughly
+            30 s per new input rank/specialisation (batch 1 vs >1, 1 label vs many). The weights are frozen at the
+            first call: build a new pipeline after changing them. torch models only.
+        precision: "fp32" (default) or "bf16": the forward runs under bfloat16 autocast (matmuls in bf16, norms and
+            softmax in fp32). ~1.5x faster on CPUs with AVX512-BF16/AMX and on GPUs; logits move by ~1e-2, so a
+            few near-tie predictions can change (measure on your data). torch models only.
     """
 
     def __init__(
@@ -113,6 +125,9 @@ class ZeroShotPipeline:
         label_separator: str = ".",
         label_cache: bool = True,
         label_cache_size: int = 100_000,
+        long_text: str = "chunk",
+        compile: bool = False,
+        precision: str = "fp32",
     ) -> None:
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -124,8 +139,19 @@ class ZeroShotPipeline:
             raise ValueError(f"min_chunk_tokens must be >= 1, got {min_chunk_tokens}")
         if max_labels_per_group is not None and max_labels_per_group < 1:
             raise ValueError(f"max_labels_per_group must be >= 1, got {max_labels_per_group}")
+        if long_text not in LONG_TEXT:
+            raise ValueError(f"long_text={long_text!r} is not supported; choose one of {list(LONG_TEXT)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is not supported; choose one of {list(PRECISIONS)}")
+        for flag, value in (("compile=True", compile), (f"precision={precision!r}", precision != "fp32")):
+            if value and not isinstance(model, torch.nn.Module):
+                raise ValueError(f"{flag} needs a torch model, got {type(model).__name__}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        self.long_text = long_text
+        self.compiled = compile
+        self.precision = precision
+        self._runner = _Compiled(self.model) if compile else self.model
         self.processor = processor
         self.config = processor.config
         self.batch_size = batch_size
@@ -392,6 +418,8 @@ class ZeroShotPipeline:
                     "smaller max_labels_per_group"
                 )
             chunks = text_chunks(request.text, offsets, room, self.chunk_overlap)
+            if self.long_text == "truncate":
+                chunks = chunks[:1]  # the head of the text only
             rows = [(c, g, chunk, a, b) for c, chunk in enumerate(chunks) for g, (a, b) in enumerate(groups)]
             strings = [
                 proc.segments(chunk, request.labels[a:b], request.prompt, request.examples).string
@@ -411,13 +439,19 @@ class ZeroShotPipeline:
         """Text tokens per row when labels compete for `space`: the window needing the fewest rows, ties larger."""
         widest = space - max(text_cost, default=0)  # the window beside the longest label alone
         together = space - sum(text_cost)  # the window that keeps every label in one group
-        low = min(num_text, self.min_chunk_tokens, max(widest, 1), max(together, 1))
+        low = min(num_text, self.min_chunk_tokens, max(widest, 1))
+        if self.long_text == "chunk":  # chunking may shrink the window below min_chunk_tokens to keep one group
+            low = min(low, max(together, 1))
         high = max(low, min(num_text, widest))
         total, size_cap = sum(text_cost), self.max_labels_per_group or num_labels
 
         def rows(window: int) -> int:
             step = window - min(self.chunk_overlap, window // 2)
-            chunks = 1 if num_text <= window else 1 + math.ceil((num_text - window) / max(step, 1))
+            chunks = (
+                1
+                if num_text <= window or self.long_text == "truncate"
+                else 1 + math.ceil((num_text - window) / max(step, 1))
+            )
             groups = max(math.ceil(total / max(space - window, 1)), math.ceil(num_labels / size_cap), 1)
             return chunks * groups
 
@@ -473,7 +507,11 @@ class ZeroShotPipeline:
         else:
             batch = self.processor.collate(items)
         batch = {key: value.to(self.device) for key, value in batch.items()}
-        return self.model(**batch)
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return self._runner(**batch)
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
+            return self._runner(**batch)
 
     def _cache_labels(self, labels: set[str]) -> None:
         """Encode labels missing from the cache (bi-encoders: a label's vector does not depend on the text)."""
@@ -510,6 +548,23 @@ class ZeroShotPipeline:
 
 
 # --------------------------------------------------------------------- helpers
+class _Compiled:
+    """`torch.compile(model, dynamic=True)` run with inductor weight freezing (constant-folded, prepacked weights).
+
+    Freezing is an inductor config flag read while the graph is lowered (lazily, at a new input specialisation),
+    so it is patched in around every call instead of being set process-wide; `torch.compile(options=...)` did not
+    turn it on here (torch 2.13: measured no speed-up)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.compiled = torch.compile(model, dynamic=True)
+
+    def __call__(self, **batch: Any) -> Any:
+        from torch._inductor import config as inductor_config
+
+        with inductor_config.patch(freezing=True):
+            return self.compiled(**batch)
+
+
 def _load_torch_model(path: str) -> torch.nn.Module:
     from gliclass.modeling import GLiClassModel
 

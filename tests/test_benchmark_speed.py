@@ -55,15 +55,19 @@ def test_speed_harness_one_pass(tiny_dirs: tuple[Path, Path], bench_data: Path, 
     uni, bi = tiny_dirs
     out = tmp_path / "out"
     argv = ["--model", str(uni), "--bi-model", str(bi), "--data-dir", str(bench_data), "--out", str(out)]
-    argv += ["--systems", "ours,ours-bi-cached,cross-encoder", "--labels", "1,4", "--lengths", "8"]
+    argv += ["--systems", "ours,ours-fast,ours-bi-cached,cross-encoder", "--labels", "1,4", "--lengths", "8"]
     argv += ["--passes", "1", "--batched-texts", "4", "--batched-passes", "1", "--batch-size", "2"]
     result = speed.main(argv)
     assert [(c["text_tokens"], c["labels"]) for c in result["cells"]] == [(8, 1), (8, 4)]
+    systems = {"ours", "ours-fast", "ours-bi-cached", "cross-encoder"}
     for cell in result["cells"]:
-        assert set(cell["systems"]) == {"ours", "ours-bi-cached", "cross-encoder"}
-        assert cell["systems"]["ours"]["labels_scored"] == cell["labels"]
-        assert cell["systems"]["ours"]["passes"] == 1
-    assert set(result["batched"]["systems"]) == {"ours", "ours-bi-cached", "cross-encoder"}
+        assert set(cell["systems"]) == systems
+        for name in ("ours", "ours-fast"):
+            assert cell["systems"][name]["labels_scored"] == cell["labels"]
+            assert cell["systems"][name]["passes"] == 1
+    assert set(result["batched"]["systems"]) == systems
+    assert result["backends"]["ours-fast"] == "torch+compile"
+    assert "128_labels_256_tokens_ours-fast_vs_cross_ge_50x" not in result["targets"]  # no such cell was run
     assert all(m["maxrss_mb"] > 0 for m in result["memory"].values())
     assert "bi_cached_keeps_ge_0.8_at_max_labels" in result["targets"]
     assert {p.name for p in out.iterdir()} == {"speed.json", "speed.md", "speed.png"}
@@ -76,3 +80,32 @@ def test_worker_reports_errors_without_dying(tiny_dirs: tuple[Path, Path]):
             worker.request(cmd="scores", texts=["good movie"], labels=[], multi_label=True)
         reply = worker.request(cmd="scores", texts=["good movie"], labels=["good", "bad"], multi_label=False)
         assert sum(reply["scores"][0]) == pytest.approx(1.0, abs=1e-5)
+
+
+class FakeWorker:
+    """Answers `time` requests with scripted pass times and logs the order it was asked in."""
+
+    def __init__(self, name: str, seconds: float, log: list[str], fail: bool = False) -> None:
+        self.name, self.seconds, self.log, self.fail = name, seconds, log, fail
+
+    def request(self, cmd: str, passes: int, warmup: int, **request):
+        if self.fail:
+            raise WorkerError(f"{self.name} crashed")
+        self.log += [self.name] * passes
+        return {"seconds": [self.seconds] * passes, "labels_scored": len(request["labels"])}
+
+
+def test_interleaved_cells_take_turns_cap_and_survive_errors():
+    log: list[str] = []
+    workers = {
+        "a": FakeWorker("a", 0.01, log),
+        "b": FakeWorker("b", 2.0, log),  # slow: sits out once past the cap
+        "c": FakeWorker("c", 0.5, log, fail=True),
+    }
+    request = {"texts": ["x"], "labels": ["l1", "l2"], "batch_size": 1, "multi_label": True}
+    result = speed._interleaved(workers, ["a", "b", "c"], request, passes=4, cap=3.0)
+    assert log == ["a", "b", "b", "a", "a", "a"]  # round 0: a, b; round 1: b, a (rotated); then b is over the cap
+    assert result["a"]["passes"] == 4 and result["b"]["passes"] == 2
+    assert result["a"]["examples_per_s"] == pytest.approx(100.0)
+    assert result["b"]["labels_scored"] == 2
+    assert "crashed" in result["c"]["error"]

@@ -229,6 +229,61 @@ def test_labels_over_the_budget_are_grouped_and_text_chunked(uni):
         assert torch.all(logits[unit.label_start : unit.label_start + len(unit.labels)] >= row - 1e-4)
 
 
+def test_truncate_scores_the_head_once_per_label_group(uni):
+    model, processor = uni
+    chunked = ZeroShotPipeline(model, processor)
+    truncated = ZeroShotPipeline(model, processor, long_text="truncate", min_chunk_tokens=16)
+    text = " ".join(WORDS * 3)  # 120 one-token words; 48-token budget
+    many = [f"{w} {v}" for w in ("good", "bad", "great", "terrible", "first", "music") for v in ("movie", "food")]
+    for labels, groups in ((LABELS, 1), (many, 2)):
+        plan = truncated.plan(text, labels)[0]
+        assert [row["chunk"] for row in plan] == [0] * groups  # one row per label group, no second chunk
+        assert sorted(label for row in plan for label in row["labels"]) == sorted(labels)
+        head = plan[0]["text"]
+        assert all(row["text"] == head for row in plan) and text.startswith(head)
+        assert 16 <= len(head.split()) < 120 and all(row["tokens"] <= processor.budget for row in plan)
+        got = truncated.scores(text, labels)[0]
+        assert list(got) == labels  # every label scored
+        # the same as scoring the head alone, label group by label group
+        reference = {}
+        for row in plan:
+            reference.update(chunked.scores(head, row["labels"])[0])
+        assert got == pytest.approx(reference, abs=1e-6)
+    assert truncated.plan("good movie", LABELS) == chunked.plan("good movie", LABELS)  # short texts: unchanged
+
+
+def test_bf16_precision_moves_scores_a_little(uni):
+    fp32 = ZeroShotPipeline(*uni)
+    bf16 = ZeroShotPipeline(*uni, precision="bf16")
+    texts = ["the movie was good", " ".join(WORDS)]
+    a = [list(row.values()) for row in fp32.scores(texts, LABELS)]
+    b = [list(row.values()) for row in bf16.scores(texts, LABELS)]
+    diff = torch.tensor(a) - torch.tensor(b)
+    assert 0 < diff.abs().max() < 0.05  # autocast really ran, and stayed close
+
+
+def test_compile_and_precision_need_a_torch_model(uni):
+    class NotTorch:
+        def __call__(self, **batch):
+            raise AssertionError("never called")
+
+    for kwargs, message in [(dict(compile=True), "compile"), (dict(precision="bf16"), "precision")]:
+        with pytest.raises(ValueError, match=message):
+            ZeroShotPipeline(NotTorch(), uni[1], **kwargs)
+
+
+@pytest.mark.slow
+def test_compiled_pipeline_equals_eager(uni):
+    """torch.compile (dynamic shapes, frozen weights): same scores across lengths, label counts and batch sizes."""
+    eager = ZeroShotPipeline(*uni, batch_size=4)
+    compiled = ZeroShotPipeline(*uni, batch_size=4, compile=True)
+    cases = [(["good movie"], ["positive"]), (["good movie", " ".join(WORDS * 2)], LABELS)]
+    cases += [([" ".join(WORDS[:n]) for n in (3, 9, 20)], [*LABELS, "sports"])]
+    for texts, labels in cases:
+        for mine, theirs in zip(compiled.scores(texts, labels), eager.scores(texts, labels), strict=True):
+            assert list(mine.values()) == pytest.approx(list(theirs.values()), abs=1e-5)
+
+
 def test_thousand_labels_on_a_512_position_backbone():
     torch.manual_seed(0)
     backbone = {**TINY_BACKBONES["bert"], "max_position_embeddings": 512}
@@ -338,6 +393,8 @@ def test_bad_constructor_arguments(uni):
         (dict(aggregation="median"), "aggregation"),
         (dict(chunk_overlap=-1), "chunk_overlap"),
         (dict(max_labels_per_group=0), "max_labels_per_group"),
+        (dict(long_text="drop"), "long_text"),
+        (dict(precision="fp16"), "precision"),
     ]:
         with pytest.raises(ValueError, match=message):
             ZeroShotPipeline(*uni, **kwargs)

@@ -45,12 +45,17 @@ def _activate(logits: torch.Tensor, multi_label: bool) -> np.ndarray:
 class GLiClassSystem:
     """Our model through `gliclass.pipeline.ZeroShotPipeline` (label groups, chunking, bi-encoder label cache)."""
 
-    def __init__(self, model: Any, processor: GLiClassProcessor, batch_size: int = 8, name: str = "ours") -> None:
+    def __init__(
+        self, model: Any, processor: GLiClassProcessor, batch_size: int = 8, name: str = "ours", **pipeline_kwargs: Any
+    ) -> None:
         self.name = name
         self.model = model
         self.processor = processor
         self.backend = "torch" if isinstance(model, nn.Module) else type(model).__name__
-        self.set_batch_size(batch_size)
+        if pipeline_kwargs.get("compile"):
+            self.backend += "+compile"
+        self.batch_size = batch_size
+        self.pipe = ZeroShotPipeline(model, processor, device="cpu", batch_size=batch_size, **pipeline_kwargs)
 
     @classmethod
     def from_pretrained(
@@ -60,25 +65,27 @@ class GLiClassSystem:
         name: str = "ours",
         backend: str = "torch",
         threads: int | None = None,
+        max_length: int | None = None,
+        **pipeline_kwargs: Any,
     ) -> GLiClassSystem:
         """backend "torch": our weights (SDPA attention, the transformers default); "onnx" / "onnx-int8": an
         `export_onnx` dir (fp32 / its dynamic-int8 graphs) run by onnxruntime with `threads` intra-op threads
-        (None: torch's current thread count)."""
-        processor = GLiClassProcessor.from_pretrained(path)
+        (None: torch's current thread count). max_length overrides the saved processor's length budget;
+        pipeline_kwargs (e.g. compile=True, long_text="truncate") go to `ZeroShotPipeline`."""
+        processor = GLiClassProcessor.from_pretrained(path, **({"max_length": max_length} if max_length else {}))
         if backend in ("onnx", "onnx-int8"):
             from gliclass.onnx import OnnxModel
 
             threads = threads or torch.get_num_threads()
             model = OnnxModel.from_pretrained(path, quantized=backend == "onnx-int8", threads=threads)
-            return cls(model, processor, batch_size, name)
-        return cls(GLiClassModel.from_pretrained(str(path)), processor, batch_size, name)
+            return cls(model, processor, batch_size, name, **pipeline_kwargs)
+        model = GLiClassModel.from_pretrained(str(path), attn_implementation="sdpa")
+        return cls(model, processor, batch_size, name, **pipeline_kwargs)
 
     def set_batch_size(self, batch_size: int) -> None:
-        """Rebuilds the pipeline only on a change, so its bi-encoder label cache survives repeated calls."""
-        if batch_size == getattr(self, "batch_size", None):
-            return
+        """Changes the batch size in place, so the bi-encoder label cache and a compiled model survive."""
         self.batch_size = batch_size
-        self.pipe = ZeroShotPipeline(self.model, self.processor, device="cpu", batch_size=batch_size)
+        self.pipe.batch_size = batch_size
 
     def scores(self, texts: Sequence[str], labels: Sequence[str], multi_label: bool) -> np.ndarray:
         rows = self.pipe.scores(list(texts), list(labels), multi_label=multi_label)

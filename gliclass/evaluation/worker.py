@@ -23,6 +23,16 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_LABEL_TOKEN = "<<LABEL>>"
 OFFICIAL_SEP_TOKEN = "<<SEP>>"
+# our systems: name -> (backend, ZeroShotPipeline options)
+OUR_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "ours": ("torch", {}),
+    "ours-compiled": ("torch", {"compile": True}),
+    "ours-fast": ("torch", {"compile": True, "precision": "bf16"}),
+    "ours-fast-truncate": ("torch", {"compile": True, "precision": "bf16", "long_text": "truncate"}),
+    "ours-bi-cached": ("torch", {}),
+    "ours-onnx": ("onnx", {}),
+    "ours-onnx-int8": ("onnx-int8", {}),
+}
 
 
 def _inside_repo(entry: str) -> bool:
@@ -88,10 +98,16 @@ def build_system(args: argparse.Namespace) -> Any:
         return OfficialSystem(args.model, args.max_length)
     from gliclass.evaluation.systems import GLiClassSystem, PairwiseCrossEncoder
 
-    if args.system in ("ours", "ours-bi-cached", "ours-onnx", "ours-onnx-int8"):
-        backend = {"ours-onnx": "onnx", "ours-onnx-int8": "onnx-int8"}.get(args.system, "torch")
+    if args.system in OUR_SYSTEMS:
+        backend, options = OUR_SYSTEMS[args.system]
         return GLiClassSystem.from_pretrained(
-            args.model, batch_size=args.batch_size, name=args.system, backend=backend, threads=args.threads
+            args.model,
+            batch_size=args.batch_size,
+            name=args.system,
+            backend=backend,
+            threads=args.threads,
+            max_length=args.max_length,
+            **options,
         )
     if args.system == "cross-encoder":
         return PairwiseCrossEncoder.from_gliclass(args.model, pair_batch_size=args.pair_batch_size)

@@ -29,7 +29,7 @@ from gliclass.evaluation.systems import EmbeddingSimilarity, GLiClassSystem, Pai
 from gliclass.evaluation.workers import Worker, official_python
 from gliclass.processing import GLiClassProcessor
 
-SYSTEMS = ("ours", "embed-sim", "cross-encoder", "official")
+SYSTEMS = ("ours", "ours-bf16", "embed-sim", "cross-encoder", "official")
 BLOCK = 64  # texts per progress-bar step
 
 
@@ -93,6 +93,10 @@ def build_systems(names: Sequence[str], model_dir: Path, args: argparse.Namespac
     systems: dict[str, System] = {}
     if "ours" in names:
         systems["ours"] = GLiClassSystem.from_pretrained(model_dir, batch_size=args.batch_size)
+    if "ours-bf16" in names:
+        systems["ours-bf16"] = GLiClassSystem.from_pretrained(
+            model_dir, batch_size=args.batch_size, name="ours-bf16", precision="bf16"
+        )
     if "embed-sim" in names:
         systems["embed-sim"] = EmbeddingSimilarity(batch_size=32)
     if "cross-encoder" in names:
@@ -107,6 +111,8 @@ def system_notes(systems: dict[str, Any], official: Worker | None, skipped: dict
     notes = {}
     if "ours" in systems:
         notes["ours"] = f"our ZeroShotPipeline ({systems['ours'].backend}); single-label: softmax, multi: sigmoid"
+    if "ours-bf16" in systems:
+        notes["ours-bf16"] = "the same pipeline with precision='bf16' (bfloat16 autocast)"
     if "embed-sim" in systems:
         notes["embed-sim"] = "MiniLM mean-pooled L2-normalised cosine; softmax(20*cos) / sigmoid(20*(cos-0.3))"
     if "cross-encoder" in systems:
@@ -143,6 +149,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     order = [s for s in names if s in systems or (s == "official" and official is not None)]
     datasets = []
     diffs: dict[str, dict[str, Any]] = {}
+    bf16: dict[str, dict[str, Any]] = {}
     try:
         for name in tqdm(select_datasets(root, args.datasets), desc="datasets"):
             eval_set = load_eval_set(name, root, args.limit, args.seed)
@@ -172,6 +179,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                         "fitting_rows": int(fits.sum()),
                         "max_abs_diff_all_rows": float(gap.max()),
                     }
+            if "ours" in scores and "ours-bf16" in scores:
+                bf16[name] = decision_agreement(scores["ours"], scores["ours-bf16"], multi)
             results = {
                 s: evaluate_scores(scores[s], eval_set.labels, labels, multi).to_dict() for s in order if s in scores
             }
@@ -197,6 +206,17 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "order": order,
         "datasets": datasets,
         "official_agreement": diffs,
+        "bf16_agreement": bf16,
+    }
+
+
+def decision_agreement(a: np.ndarray, b: np.ndarray, multi: bool) -> dict[str, Any]:
+    """How often two score matrices [N, C] make the same decision (argmax; multi-label: the set >= 0.5)."""
+    same = ((a >= 0.5) == (b >= 0.5)).all(axis=1) if multi else a.argmax(axis=1) == b.argmax(axis=1)
+    return {
+        "rows": int(len(a)),
+        "same_decision": float(same.mean()) if len(a) else None,
+        "max_abs_diff": float(np.abs(a - b).max()) if len(a) else None,
     }
 
 
@@ -237,6 +257,17 @@ def render(result: dict[str, Any]) -> str:
             " end (dropping labels), ours chunks the text and groups labels so every label is scored.",
             "",
             markdown_table(["dataset", "fitting rows", "max diff (fitting)", "max diff (all rows)"], rows),
+        ]
+    if result.get("bf16_agreement"):
+        rows = [
+            [name, d["rows"], d["same_decision"], sci(d["max_abs_diff"])]
+            for name, d in result["bf16_agreement"].items()
+        ]
+        lines += [
+            "",
+            "## bf16 against fp32 (same pipeline, `precision='bf16'`)",
+            "",
+            markdown_table(["dataset", "rows", "same decision", "max |score diff|"], rows, 3),
         ]
     return "\n".join(lines)
 
