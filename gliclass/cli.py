@@ -206,7 +206,7 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
             compile=args.compile,
             precision=args.precision,
         )
-    except FileNotFoundError as error:
+    except (FileNotFoundError, ValueError) as error:  # e.g. --compile with --onnx
         raise UsageError(str(error)) from None
 
 

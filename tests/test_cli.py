@@ -66,6 +66,19 @@ def test_predict_multi_label_threshold_and_all_scores(capsys, model_dir):
     assert code == 0 and all(p["score"] >= 1.0 for p in rows[0]["predictions"])
 
 
+def test_predict_long_text_truncate_in_bf16_matches_the_pipeline(capsys, model_dir):
+    from gliclass.pipeline import ZeroShotPipeline
+
+    text = " ".join(["the movie was good but the food was bad"] * 12)  # far past the 48-token budget
+    args = ["predict", "--model", model_dir, "--labels", "food,service,music", "--multi-label", "--all-scores"]
+    code, rows, err = run(capsys, *args, "--long-text", "truncate", "--precision", "bf16", text)
+    assert code == 0 and err == ""
+    pipe = ZeroShotPipeline.from_pretrained(model_dir, long_text="truncate", precision="bf16")
+    assert rows[0]["scores"] == pytest.approx(pipe.scores(text, ["food", "service", "music"])[0], abs=1e-6)
+    code, chunked, _ = run(capsys, *args, text)
+    assert code == 0 and chunked[0]["scores"] != rows[0]["scores"]
+
+
 def test_predict_jsonl_in_and_out_with_per_line_labels(capsys, model_dir, tmp_path):
     source = tmp_path / "in.jsonl"
     lines = [{"id": 1, "text": "good movie"}, {"id": 2, "text": "bad food", "labels": ["food", "price"]}]
@@ -112,6 +125,7 @@ def test_model_from_environment(capsys, model_dir, monkeypatch):
         (["predict", "--model", "{model}", "--labels", "a", "--input", "{bad_jsonl}", "text"], "not both"),
         (["predict", "--model", "{model}", "--labels", "a", "--int8", "text"], "no ONNX export"),
         (["predict", "--model", "{model}", "--labels", "a", ""], "text 0 is empty"),
+        (["predict", "--model", "{model}", "--labels", "a", "--onnx", "--compile", "text"], "no ONNX export"),
     ],
 )
 def test_usage_errors_exit_2_with_a_message(capsys, model_dir, tmp_path, argv, message):
@@ -173,3 +187,5 @@ def test_export_onnx_command_then_predict_with_onnx(capsys, model_dir, tmp_path)
     assert code == 0 and onnx_rows[0]["scores"] == pytest.approx(torch_rows[0]["scores"], abs=1e-4)
     code, int8_rows, _ = run(capsys, *base, "--model", out, "--int8")
     assert code == 0 and list(int8_rows[0]["scores"]) == ["positive", "negative"]
+    code, rows, err = run(capsys, *base, "--model", out, "--onnx", "--compile")
+    assert code == 2 and rows == [] and "compile=True needs a torch model" in err and "Traceback" not in err
