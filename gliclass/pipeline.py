@@ -68,7 +68,11 @@ class _Unit:
     text: str
     label_start: int  # index of the group's first label in the request's flat label list
     labels: list[str]
-    length: int  # token length of the full input sequence (for length-sorted batching)
+    ids: list[int]  # token ids of the full input sequence, measured while planning (encoded once, not twice)
+
+    @property
+    def length(self) -> int:  # for length-sorted batching
+        return len(self.ids)
 
 
 @dataclass
@@ -371,17 +375,17 @@ class ZeroShotPipeline:
     def _plan(self, requests: list[_Request]) -> list[_Unit]:
         """Split every request into model rows that each fit the budget, measuring real token counts."""
         strings = [self.processor.segments(r.text, r.labels, r.prompt, r.examples).string for r in requests]
-        lengths = [len(ids) for ids in self._tokens(strings)["input_ids"]]
+        encoded = self._tokens(strings)["input_ids"]
         budget = self.processor.budget
         units = []
-        for index, (request, length) in enumerate(zip(requests, lengths, strict=True)):
-            fits = length <= budget and (
+        for index, (request, ids) in enumerate(zip(requests, encoded, strict=True)):
+            fits = len(ids) <= budget and (
                 self.max_labels_per_group is None or len(request.labels) <= self.max_labels_per_group
             )
             if fits and self.config.architecture_type == "encoder-decoder":
                 fits = self._decoder_length(request.labels, request.prompt) <= budget
             if fits:
-                units.append(_Unit(index, 0, 0, request.text, 0, request.labels, length))
+                units.append(_Unit(index, 0, 0, request.text, 0, request.labels, ids))
             else:
                 units.extend(self._split(index, request))
         return units
@@ -425,14 +429,14 @@ class ZeroShotPipeline:
                 proc.segments(chunk, request.labels[a:b], request.prompt, request.examples).string
                 for _, _, chunk, a, b in rows
             ]
-            lengths = [len(ids) for ids in self._tokens(strings)["input_ids"]]
-            over = max(lengths) - budget
+            encoded = self._tokens(strings)["input_ids"]
+            over = max(len(ids) for ids in encoded) - budget
             if over <= 0 or num_text == 0:
                 break
             room -= over  # cutting at token boundaries changed a token count: shrink the window and retry
         return [
-            _Unit(index, c, g, chunk, a, request.labels[a:b], length)
-            for (c, g, chunk, a, b), length in zip(rows, lengths, strict=True)
+            _Unit(index, c, g, chunk, a, request.labels[a:b], ids)
+            for (c, g, chunk, a, b), ids in zip(rows, encoded, strict=True)
         ]
 
     def _text_window(self, num_text: int, space: int, text_cost: list[int], num_labels: int) -> int:
@@ -499,6 +503,7 @@ class ZeroShotPipeline:
             [r.prompt for r in requests],
             [r.examples for r in requests],
             label_ids=not self.use_label_cache,
+            token_ids=[u.ids for u in units],
         )
         if self.use_label_cache:
             batch = self.processor.collate(items, label_ids=False)

@@ -233,8 +233,13 @@ class GLiClassProcessor:
         prompts: Sequence[str | None] | None = None,
         examples: Sequence[Sequence[Mapping] | None] | None = None,
         label_ids: bool = True,
+        token_ids: Sequence[list[int]] | None = None,
     ) -> list[dict[str, Any]]:
-        """`label_ids=False` skips tokenising labels for the label encoder (callers with cached label vectors)."""
+        """`label_ids=False` skips tokenising labels for the label encoder (callers with cached label vectors).
+
+        `token_ids`: the tokenizer's ids of each example's full sequence string (`segments(...).string`, special
+        tokens added, untruncated), when the caller already has them (the pipeline measures every row while
+        planning); they are checked for length, not re-tokenised."""
         if len(labels) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(labels)} label lists")
         if len(texts) == 0:
@@ -250,7 +255,12 @@ class GLiClassProcessor:
             if prompts[i] is not None and not isinstance(prompts[i], str):
                 raise TypeError(f"prompt {i} must be a str or None, got {type(prompts[i]).__name__}")
             segs.append(self.segments(text, labels[i], prompts[i], examples[i]))
-        fast = self._tokenize([s.string for s in segs])["input_ids"]
+        if token_ids is None:
+            fast = self._tokenize([s.string for s in segs])["input_ids"]
+        elif len(token_ids) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(token_ids)} token id lists")
+        else:
+            fast = list(token_ids)
         out = []
         for seg, ids, labels_i, prompt in zip(segs, fast, labels, prompts, strict=True):
             item = {"input_ids": ids if len(ids) <= self.budget else self._fit(seg), "num_labels": len(labels_i)}

@@ -431,3 +431,24 @@ def test_fuzz_only_named_errors(pipe, texts, labels, threshold, multi_label):
     rows = [out] if isinstance(texts, str) else out
     for row in rows:
         assert all(0.0 <= p["score"] <= 1.0 for p in row)
+
+
+def test_rows_are_tokenized_once_while_planning(uni, monkeypatch):
+    """The ids measured while planning are the ones encoded: the processor does not tokenise the rows again."""
+    model, processor = uni
+    pipe = ZeroShotPipeline(model, processor)
+    texts = ["good movie", " ".join(WORDS * 3)]  # one that fits, one that is chunked
+    expected = pipe.scores(texts, LABELS)
+    rows = [row for text in texts for row in pipe.plan(text, LABELS)[0]]
+    strings = [processor.segments(row["text"], row["labels"]).string for row in rows]
+    ids = processor._tokenize(strings)["input_ids"]
+    plain = processor.encode_batch([r["text"] for r in rows], [r["labels"] for r in rows])
+    assert processor.encode_batch([r["text"] for r in rows], [r["labels"] for r in rows], token_ids=ids) == plain
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rows were tokenised a second time")
+
+    monkeypatch.setattr(processor, "_tokenize", refuse)
+    assert pipe.scores(texts, LABELS) == expected
+    with pytest.raises(ValueError, match="token id lists"):
+        processor.encode_batch(["good movie"], [LABELS], token_ids=[])
