@@ -434,7 +434,7 @@ def plot(result: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     lengths = sorted({c["text_tokens"] for c in result["cells"]})
-    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5 * len(lengths), 4.6), sharey=True, squeeze=False)
     for ax, length in zip(axes[0], lengths, strict=True):
         cells = sorted((c for c in result["cells"] if c["text_tokens"] == length), key=lambda c: c["labels"])
         for name in result["order"]:
@@ -447,8 +447,9 @@ def plot(result: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("number of labels")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("examples / s")
-    axes[0][-1].legend()
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="upper center", ncol=min(len(names), 5), frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))  # the legend sits above the panels, never over a line
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
