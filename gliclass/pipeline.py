@@ -155,7 +155,7 @@ class ZeroShotPipeline:
         self.long_text = long_text
         self.compiled = compile
         self.precision = precision
-        self._runner = _Compiled(self.model) if compile else self.model
+        self._runner = _Compiled(self.model, self.device) if compile else self.model
         self.processor = processor
         self.config = processor.config
         self.batch_size = batch_size
@@ -560,7 +560,17 @@ class _Compiled:
     so it is patched in around every call instead of being set process-wide; `torch.compile(options=...)` did not
     turn it on here (torch 2.13: measured no speed-up)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        if device.type == "cpu":  # inductor's CPU kernels are C++: fail now, with the reason, not at the first call
+            from torch._inductor.cpp_builder import get_cpp_compiler
+
+            try:
+                get_cpp_compiler()
+            except Exception as error:
+                raise RuntimeError(
+                    f"compile=True on CPU needs a C++ compiler (g++ or $CXX) for torch.compile: {error}; install one "
+                    "or leave compile off"
+                ) from error
         self.compiled = torch.compile(model, dynamic=True)
 
     def __call__(self, **batch: Any) -> Any:

@@ -452,3 +452,11 @@ def test_rows_are_tokenized_once_while_planning(uni, monkeypatch):
     assert pipe.scores(texts, LABELS) == expected
     with pytest.raises(ValueError, match="token id lists"):
         processor.encode_batch(["good movie"], [LABELS], token_ids=[])
+
+
+def test_compile_without_a_cpp_compiler_names_the_problem(uni, monkeypatch):
+    from torch._inductor import config as inductor_config
+
+    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler++",))
+    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+        ZeroShotPipeline(*uni, compile=True)
