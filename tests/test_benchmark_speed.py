@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import needs_cpp_compiler
 
 from gliclass.evaluation import speed
 from gliclass.evaluation.workers import Worker, WorkerError
@@ -51,6 +52,7 @@ def test_rotate_spreads_the_order():
 
 
 @pytest.mark.slow
+@needs_cpp_compiler  # ours-fast runs torch.compile
 def test_speed_harness_one_pass(tiny_dirs: tuple[Path, Path], bench_data: Path, tmp_path: Path):
     uni, bi = tiny_dirs
     out = tmp_path / "out"

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TINY_BACKBONES, tiny_model, tiny_tokenizer
+from conftest import TINY_BACKBONES, needs_cpp_compiler, tiny_model, tiny_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -273,6 +273,7 @@ def test_compile_and_precision_need_a_torch_model(uni):
 
 
 @pytest.mark.slow
+@needs_cpp_compiler
 def test_compiled_pipeline_equals_eager(uni):
     """torch.compile (dynamic shapes, frozen weights): same scores across lengths, label counts and batch sizes."""
     eager = ZeroShotPipeline(*uni, batch_size=4)
