@@ -12,6 +12,7 @@ onnxruntime-backed `gliclass.onnx.OnnxModel`).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import OrderedDict
@@ -513,9 +514,7 @@ class ZeroShotPipeline:
             batch = self.processor.collate(items)
         batch = {key: value.to(self.device) for key, value in batch.items()}
         dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return self._runner(**batch)
-        with torch.autocast(device_type=self.device.type, dtype=dtype):
+        with torch.autocast(device_type=self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             return self._runner(**batch)
 
     def _cache_labels(self, labels: set[str]) -> None:
@@ -553,6 +552,17 @@ class ZeroShotPipeline:
 
 
 # --------------------------------------------------------------------- helpers
+def missing_cpp_compiler() -> str | None:
+    """Why torch.compile cannot build CPU kernels here (no C++ compiler found), or None when it can."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except Exception as error:
+        return str(error)
+    return None
+
+
 class _Compiled:
     """`torch.compile(model, dynamic=True)` run with inductor weight freezing (constant-folded, prepacked weights).
 
@@ -561,16 +571,12 @@ class _Compiled:
     turn it on here (torch 2.13: measured no speed-up)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
-        if device.type == "cpu":  # inductor's CPU kernels are C++: fail now, with the reason, not at the first call
-            from torch._inductor.cpp_builder import get_cpp_compiler
-
-            try:
-                get_cpp_compiler()
-            except Exception as error:
-                raise RuntimeError(
-                    f"compile=True on CPU needs a C++ compiler (g++ or $CXX) for torch.compile: {error}; install one "
-                    "or leave compile off"
-                ) from error
+        missing = missing_cpp_compiler() if device.type == "cpu" else None
+        if missing is not None:  # inductor's CPU kernels are C++: fail now, with the reason, not at the first call
+            raise RuntimeError(
+                f"compile=True on CPU needs a C++ compiler (g++ or $CXX) for torch.compile: {missing}; install one "
+                "or leave compile off"
+            )
         self.compiled = torch.compile(model, dynamic=True)
 
     def __call__(self, **batch: Any) -> Any:

@@ -10,24 +10,17 @@ import torch
 from transformers import BertTokenizer
 
 from gliclass import build_model
+from gliclass.pipeline import missing_cpp_compiler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_VOCAB = FIXTURES / "tiny_vocab.txt"
 SHARED_DATA = Path(os.environ.get("GLICLASS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def _has_cpp_compiler() -> bool:
-    from torch._inductor.cpp_builder import get_cpp_compiler
-
-    try:
-        get_cpp_compiler()
-    except Exception:
-        return False
-    return True
-
-
 # torch.compile on CPU writes C++ kernels; tests that compile need a C++ compiler (the dev machines and CI have g++)
-needs_cpp_compiler = pytest.mark.skipif(not _has_cpp_compiler(), reason="torch.compile on CPU needs a C++ compiler")
+needs_cpp_compiler = pytest.mark.skipif(
+    missing_cpp_compiler() is not None, reason="torch.compile on CPU needs a C++ compiler"
+)
 
 TINY_BACKBONES = {
     "bert": dict(

@@ -135,14 +135,9 @@ def onnx_export(model_dir: Path) -> Path | None:
     return out
 
 
-def budget_of(model_dir: Path, max_length: int | None) -> int:
-    """The length budget every system gets: max_length, else the backbone's positions (not the training length the
-    model directory saved)."""
-    return GLiClassProcessor.from_pretrained(model_dir, max_length=max_length or 1 << 30).budget
-
-
-def start_workers(names: Sequence[str], model_dir: Path, bi_dir: Path, args: argparse.Namespace) -> dict[str, Worker]:
-    budget = budget_of(model_dir, args.max_length)
+def start_workers(
+    names: Sequence[str], model_dir: Path, bi_dir: Path, budget: int, args: argparse.Namespace
+) -> dict[str, Worker]:
     workers = {}
     for name in names:
         python = official_python() if name == "official" else None
@@ -179,14 +174,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"unknown systems {unknown}; choose from {list(SYSTEMS)}")
     label_counts = [int(x) for x in args.labels.split(",")]
     lengths = [int(x) for x in args.lengths.split(",")]
-    processor = GLiClassProcessor.from_pretrained(model_dir, max_length=budget_of(model_dir, args.max_length))
+    # every system gets max_length, else the backbone's positions (not the training length the model dir saved)
+    processor = GLiClassProcessor.from_pretrained(model_dir, max_length=args.max_length or 1 << 30)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     pool = read_labels(LABEL_SOURCE, root)
     if max(label_counts) > len(pool):
         raise SystemExit(f"at most {len(pool)} labels ({LABEL_SOURCE})")
     source = [row.text for row in read_benchmark(TEXT_SOURCE, "test", root).rows]
     texts = {length: text_of_length(tokenizer, source, length) for length in lengths}
-    workers = start_workers(names, model_dir, bi_dir, args)
+    workers = start_workers(names, model_dir, bi_dir, processor.budget, args)
     order = [name for name in names if name in workers]
     cells = []
     try:

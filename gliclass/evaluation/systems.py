@@ -51,11 +51,10 @@ class GLiClassSystem:
         self.name = name
         self.model = model
         self.processor = processor
-        self.backend = "torch" if isinstance(model, nn.Module) else type(model).__name__
-        if pipeline_kwargs.get("compile"):
-            self.backend += "+compile"
-        self.batch_size = batch_size
         self.pipe = ZeroShotPipeline(model, processor, device="cpu", batch_size=batch_size, **pipeline_kwargs)
+        self.backend = "torch" if isinstance(model, nn.Module) else type(model).__name__
+        if self.pipe.compiled:
+            self.backend += "+compile"
 
     @classmethod
     def from_pretrained(
@@ -82,9 +81,12 @@ class GLiClassSystem:
         model = GLiClassModel.from_pretrained(str(path), attn_implementation="sdpa")
         return cls(model, processor, batch_size, name, **pipeline_kwargs)
 
+    @property
+    def batch_size(self) -> int:
+        return self.pipe.batch_size
+
     def set_batch_size(self, batch_size: int) -> None:
         """Changes the batch size in place, so the bi-encoder label cache and a compiled model survive."""
-        self.batch_size = batch_size
         self.pipe.batch_size = batch_size
 
     def scores(self, texts: Sequence[str], labels: Sequence[str], multi_label: bool) -> np.ndarray:
