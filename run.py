@@ -25,12 +25,16 @@ from omegaconf import DictConfig
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
+from gliclass.modeling import resolve_backbone  # noqa: E402
 from gliclass.training.lora import export_model  # noqa: E402
 from gliclass.training.stages import run_stages  # noqa: E402
 from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which the configs read)
     apply_extras,
+    embed_sim_metrics,
     instantiate_all,
+    interpolate_weights,
     log_hyperparameters,
+    snapshot_weights,
     zero_shot_summary,
 )
 
@@ -65,13 +69,31 @@ def train(cfg: DictConfig) -> dict[str, float]:
         with module.logging_as("zeroshot_untrained"):
             trainer.test(module, datamodule=datamodule, verbose=False)
         metrics |= scalars(trainer.callback_metrics)
+    alpha = cfg.get("weight_ensemble_alpha", 1.0)
+    # the weights as built (seeded, so a resumed run rebuilds the same ones) for weight-space ensembling
+    start = snapshot_weights(module.model) if cfg.train and alpha < 1.0 else None
     if cfg.train:
         log.info("training (ckpt_path=%s)", cfg.ckpt_path)
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         metrics |= scalars(trainer.callback_metrics)
+    if start is not None:
+        if cfg.test:
+            log.info("zero-shot evaluation of the fine-tuned weights (before weight ensembling)")
+            with module.logging_as("zeroshot_finetuned"):
+                trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics |= scalars(trainer.callback_metrics)
+        log.info("weight ensembling: %.2f x fine-tuned + %.2f x starting weights", alpha, 1 - alpha)
+        interpolate_weights(module.model, start, alpha)
     if cfg.test:
+        # the in-memory model after training (and ensembling): the model that is exported
         trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path, verbose=False)
         metrics |= scalars(trainer.callback_metrics)
+    if cfg.test and cfg.get("eval_embed_sim") and trainer.is_global_zero and cfg.model.backbone.get("name"):
+        log.info("zero-shot evaluation of the embedding-similarity baseline (the backbone's mean-pooled cosine)")
+        baseline = embed_sim_metrics(datamodule, resolve_backbone(cfg.model.backbone.name))
+        metrics |= baseline
+        for logger in loggers:
+            logger.log_metrics(baseline)
     if cfg.export and trainer.is_global_zero:
         export_dir = Path(cfg.paths.export_dir)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:

@@ -5,7 +5,8 @@ first with `prompt_first`). Few-shot examples are `<<EXAMPLE>>{text} \\nLabels:\
 
 Unlike the official pipeline, a sequence over the length budget loses text, never labels: the text is cut at a
 token boundary found from the tokenizer's character offsets, and the whole string is tokenised again, so inputs
-that fit are token-for-token identical to the official ones. Labels alone over the budget raise `LabelBudgetError`.
+that fit are token-for-token identical to the official ones. Labels (with prompt and examples) that leave the text
+fewer than `min_text_tokens` tokens (or fewer than all of a shorter text's tokens) raise `LabelBudgetError`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ PROCESSOR_FILE = "gliclass_processor.json"
 
 
 class LabelBudgetError(ValueError):
-    """The labels (with prompt and examples) do not fit the length budget even with an empty text."""
+    """The labels (with prompt and examples) leave too little of the length budget for the text (see
+    `GLiClassProcessor.min_text_tokens`)."""
 
 
 def backbone_position_limit(config: Any) -> int | None:
@@ -104,12 +106,18 @@ class GLiClassProcessor:
         max_length: int = 1024,
         label_tokenizer: PreTrainedTokenizerBase | None = None,
         label_max_length: int = 64,
+        min_text_tokens: int = 8,
     ) -> None:
+        """`min_text_tokens`: when a sequence is over the budget and its text must be cut, the fewest text tokens it
+        may keep (all of them for a shorter text); labels that leave less raise `LabelBudgetError`."""
+        if isinstance(min_text_tokens, bool) or not isinstance(min_text_tokens, int) or min_text_tokens < 1:
+            raise ValueError(f"min_text_tokens must be an int >= 1, got {min_text_tokens!r}")
         self.tokenizer = tokenizer
         self.config = config
         self.max_length = max_length
         self.label_tokenizer = label_tokenizer
         self.label_max_length = label_max_length
+        self.min_text_tokens = min_text_tokens
         if config.uses_label_encoder and label_tokenizer is None:
             raise ValueError(f"{config.architecture_type} needs a label_tokenizer for its label encoder")
         ids = tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS))
@@ -162,7 +170,13 @@ class GLiClassProcessor:
         if self.label_tokenizer is not None and self.label_tokenizer is not self.tokenizer:
             self.label_tokenizer.save_pretrained(os.path.join(path, LABEL_TOKENIZER_DIR))
         with open(os.path.join(path, PROCESSOR_FILE), "w") as f:
-            json.dump({"max_length": self.max_length, "label_max_length": self.label_max_length}, f, indent=2)
+            # files saved before `min_text_tokens` existed load with its default
+            settings = {
+                "max_length": self.max_length,
+                "label_max_length": self.label_max_length,
+                "min_text_tokens": self.min_text_tokens,
+            }
+            json.dump(settings, f, indent=2)
 
     # ----------------------------------------------------------------- strings
     def label_block(self, labels: Sequence[str], prompt: str | None = None) -> str:
@@ -193,28 +207,43 @@ class GLiClassProcessor:
         )
 
     def _fit(self, seg: Segments) -> list[int]:
-        """Token ids of `seg` within the budget, cutting only the text."""
+        """Token ids of `seg` within the budget, cutting only the text, which keeps at least
+        min(`min_text_tokens`, its token count) tokens; `LabelBudgetError` when the rest leaves less room."""
         enc = self._tokenize([seg.string], offsets=True)
         ids, offsets = enc["input_ids"][0], enc["offset_mapping"][0]
         if len(ids) <= self.budget:
             return ids
         fixed = len(self._tokenize([seg.prefix + seg.suffix])["input_ids"][0])
-        if fixed > self.budget:
-            raise LabelBudgetError(
-                f"labels, prompt and examples need {fixed} tokens but the budget is {self.budget} "
-                f"(min(max_length={self.max_length}, backbone positions)); split the labels into groups "
-                "(the pipeline does this) or use fewer/shorter labels"
-            )
         start, end = len(seg.prefix), len(seg.prefix) + len(seg.text)
         text_tokens = [i for i, (a, b) in enumerate(offsets) if b > a and start <= a < end]
-        keep = self.budget - fixed
-        while True:
+        if not text_tokens:  # a text of whitespace only: nothing to cut
+            ids = self._tokenize([seg.prefix + seg.suffix])["input_ids"][0]
+            if len(ids) <= self.budget:
+                return ids
+            raise self._budget_error(fixed, self.budget - fixed, 0)
+        need = min(self.min_text_tokens, len(text_tokens))
+        keep = self.budget - fixed  # text tokens that fit beside the rest, before boundary effects
+        while keep >= need:
             cut = offsets[text_tokens[keep]][0] - start if keep < len(text_tokens) else len(seg.text)
             trial = Segments(seg.prefix, seg.text[:cut].rstrip(), seg.suffix)
             ids = self._tokenize([trial.string])["input_ids"][0]
-            if len(ids) <= self.budget or keep == 0:
+            if len(ids) <= self.budget:
                 return ids
             keep -= max(1, len(ids) - self.budget)  # boundary merges can add a token or two
+        raise self._budget_error(fixed, keep, len(text_tokens))
+
+    def _budget_error(self, fixed: int, room: int, num_text: int) -> LabelBudgetError:
+        text = ""
+        if num_text:
+            text = (
+                f", leaving {max(room, 0)} for the text, which must keep at least "
+                f"{min(self.min_text_tokens, num_text)} of its {num_text} tokens (min_text_tokens={self.min_text_tokens})"
+            )
+        return LabelBudgetError(
+            f"labels, prompt and examples need {fixed} tokens but the budget is {self.budget} "
+            f"(min(max_length={self.max_length}, backbone positions)){text}; split the labels into groups (the "
+            "pipeline does this) or use fewer/shorter labels"
+        )
 
     def encode(
         self,

@@ -388,6 +388,59 @@ def test_label_budget_error_names_the_row(processor):
         dataset[0]
 
 
+def test_training_rows_over_budget_drop_trailing_negatives_never_positives(processor):
+    text = " ".join(["the movie was good but the food was bad"] * 4)  # 36 tokens
+    labels = [f"very good food number {i}" for i in range(30)]  # ~6 tokens each: far over the 128-token budget
+    scores = {labels[3]: 1.0, labels[20]: 0.5, labels[29]: 1.0}
+    example = Example(text, labels, scores, source="train.jsonl:4")
+    with pytest.raises(LabelBudgetError, match=r"^train\.jsonl:4: labels, prompt and examples need"):
+        GLiClassDataset([example], processor)[0]  # off by default (evaluation must see every label)
+
+    dataset = GLiClassDataset([example, Example("short text", labels[:3], {labels[0]: 1.0})], processor,
+                              shuffle_labels=True, seed=1, trim_labels_to_fit=True)  # fmt: skip
+    for draws in range(3):
+        dataset.set_draws(draws)
+        order = dataset.label_order(0)
+        dataset.set_draws(draws)
+        item = dataset[0]
+        kept, trimmed = item["label_names"], item["labels_trimmed"]
+        negatives = [label for label in order if label not in scores]
+        dropped = set(negatives[len(negatives) - trimmed :])
+        assert 0 < trimmed < len(negatives) and kept == [label for label in order if label not in dropped]
+        assert set(scores) <= set(kept) and item["targets"] == [scores.get(label, 0.0) for label in kept]
+        ids = item["input_ids"]
+        assert len(ids) <= processor.budget and ids.count(processor.config.class_token_index) == len(kept)
+        seg = processor.segments(text, kept)
+        text_tokens = len(ids) - len(processor.tokenizer(seg.prefix + seg.suffix)["input_ids"])
+        assert text_tokens >= processor.min_text_tokens
+        one_more = [label for label in order if label not in dropped or label == negatives[-trimmed]]
+        with pytest.raises(LabelBudgetError):  # the fewest dropped: one label fewer does not fit
+            processor.encode(text, one_more)
+
+    batch = GLiClassCollator(processor)([dataset[0], dataset[1], dataset[0]])
+    assert dataset[1]["labels_trimmed"] == 0 and batch["rows_trimmed"] == 2
+    assert batch["targets"].shape == batch["labels_mask"].shape
+
+
+def test_trimming_keeps_positives_and_names_the_row_when_they_alone_do_not_fit(processor):
+    labels = [" ".join(["word"] * 10) + f" {i}" for i in range(30)]  # 12 tokens each
+    positives = {label: 1.0 for label in labels[:12]}  # 144 tokens of positives alone: over 128
+    dataset = GLiClassDataset(
+        [Example("short text", labels, positives, source="data.jsonl:9")], processor, trim_labels_to_fit=True
+    )
+    with pytest.raises(LabelBudgetError, match=r"^data\.jsonl:9: .*even with only its 12 positive label"):
+        dataset[0]
+    no_negatives = Example("short text", labels[:12], positives, source="data.jsonl:10")
+    with pytest.raises(LabelBudgetError, match=r"^data\.jsonl:10: .*no negative label to drop"):
+        GLiClassDataset([no_negatives], processor, trim_labels_to_fit=True)[0]
+    all_negative = Example("the movie was good", labels, {}, source="data.jsonl:11")  # keeps what fits, >= 1 label
+    item = GLiClassDataset([all_negative], processor, trim_labels_to_fit=True)[0]
+    assert item["label_names"] == labels[: len(item["label_names"])] and item["targets"] == [0.0] * len(
+        item["label_names"]
+    )
+    assert item["labels_trimmed"] == 30 - len(item["label_names"]) > 0
+
+
 def test_worker_shuffles_are_seeded_and_aligned(processor):
     examples = soft_examples()
 

@@ -185,3 +185,69 @@ def test_few_shot_end_to_end(tiny_dir: Path, data_dir: Path, tmp_path: Path):
     assert 0.0 <= row["few_shot"]["macro_f1"] <= 1.0
     with pytest.raises(SystemExit):
         few_shot.select_datasets(data_dir, "emo")  # no test split
+
+
+@pytest.fixture
+def second_tiny_dir(tmp_path: Path, make_tiny) -> Path:
+    model, processor = make_tiny(seed=1)
+    out = tmp_path / "tiny2"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_zero_shot_several_models_side_by_side(tiny_dir: Path, second_tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    out = tmp_path / "out"
+    argv = ["--model", f"a={tiny_dir}", "--model", f"b={second_tiny_dir}", "--data-dir", str(data_dir)]
+    argv += ["--systems", "ours,embed-sim", "--datasets", "senti", "--limit", "4", "--threads", "1"]
+    result = zero_shot.main([*argv, "--out", str(out)])
+    assert result["order"] == ["a", "b", "embed-sim"]
+    (senti,) = result["datasets"]
+    assert list(senti["results"]) == ["a", "b", "embed-sim"] and senti["n"] == 4
+    assert senti["results"]["a"] != senti["results"]["b"]  # two different models, scored separately
+    assert result["run"]["models"] == {"a": str(tiny_dir), "b": str(second_tiny_dir)}
+    assert "git_commit" in result["run"]
+    markdown = (out / "zero_shot.md").read_text()
+    assert "| Dataset | split | n | a | b | embed-sim | ECE a | ECE b | ECE embed-sim |" in markdown
+    assert "| AVERAGE |" in markdown and f"- model `b`: `{second_tiny_dir}`" in markdown
+
+
+def test_model_names_plain_paths_and_bf16_expansion(tiny_dir: Path, second_tiny_dir: Path):
+    from gliclass.evaluation.common import resolve_models
+
+    (single,) = resolve_models([str(tiny_dir)])
+    assert single.name == "ours" and single.path == tiny_dir  # one plain path: the historical name
+    assert [m.name for m in resolve_models([str(tiny_dir), str(second_tiny_dir)])] == ["tiny", "tiny2"]
+    models = resolve_models([f"x={tiny_dir}", str(second_tiny_dir)])
+    assert zero_shot.expand_systems(["embed-sim", "ours", "ours-bf16"], models) == [
+        "embed-sim",
+        "x",
+        "tiny2",
+        "x-bf16",
+        "tiny2-bf16",
+    ]
+
+
+def test_model_errors_name_the_culprit(tiny_dir: Path, second_tiny_dir: Path, tmp_path: Path, data_dir: Path):
+    with pytest.raises(SystemExit, match="'a' given twice"):
+        zero_shot.main(["--model", f"a={tiny_dir}", "--model", f"a={second_tiny_dir}", "--data-dir", str(data_dir)])
+    with pytest.raises(SystemExit, match="'tiny' given twice"):
+        few_shot.main(["--model", str(tiny_dir), "--model", f"tiny={second_tiny_dir}", "--data-dir", str(data_dir)])
+    with pytest.raises(SystemExit, match="nowhere.*does not exist"):
+        zero_shot.main(["--model", f"b={tmp_path / 'nowhere'}", "--data-dir", str(data_dir)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="empty is not a GLiClass model dir"):
+        zero_shot.main(["--model", f"c={tmp_path / 'empty'}", "--data-dir", str(data_dir)])
+    with pytest.raises(SystemExit, match="taken by a baseline"):
+        zero_shot.main(["--model", f"embed-sim={tiny_dir}", "--data-dir", str(data_dir)])
+
+
+def test_few_shot_several_models(tiny_dir: Path, second_tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    argv = ["--model", f"a={tiny_dir}", "--model", f"b={second_tiny_dir}", "--data-dir", str(data_dir)]
+    argv += ["--datasets", "senti", "--shots", "1", "--limit", "2", "--epochs", "1", "--threads", "1"]
+    result = few_shot.main([*argv, "--out", str(tmp_path / "out")])
+    assert [(d["name"], d["model"]) for d in result["datasets"]] == [("senti", "a"), ("senti", "b")]
+    assert result["run"]["models"] == {"a": str(tiny_dir), "b": str(second_tiny_dir)}
+    table = (tmp_path / "out" / "few_shot.md").read_text()
+    assert "| Model | Examples per label | senti | Avg |" in table
+    assert "| a | 0 |" in table and "| b | 1 |" in table

@@ -218,6 +218,68 @@ def test_label_budget_error_names_the_counts():
     assert "max_length=20" in message
 
 
+def label_room(extra: int, labels=LABELS, prompt=None, min_text_tokens: int = 8, **config) -> GLiClassProcessor:
+    """A processor whose budget leaves exactly `extra` tokens beside the labels (and prompt) of `labels`."""
+    base = make(**config)
+    seg = base.segments(LONG_TEXT, labels, prompt)
+    fixed = len(base.tokenizer(seg.prefix + seg.suffix)["input_ids"])
+    return GLiClassProcessor(base.tokenizer, base.config, max_length=fixed + extra, min_text_tokens=min_text_tokens)
+
+
+@pytest.mark.parametrize("prompt_first", [False, True])
+def test_labels_exactly_filling_the_budget_raise_instead_of_dropping_the_text(prompt_first):
+    processor = label_room(0, prompt=PROMPT, prompt_first=prompt_first)
+    with pytest.raises(LabelBudgetError, match=r"leaving 0 for the text, which must keep at least 8 of its \d+"):
+        processor.encode(LONG_TEXT, LABELS, prompt=PROMPT)
+
+
+def test_text_keeps_at_least_min_text_tokens_or_the_labels_raise():
+    words = LONG_TEXT.split()  # one token each
+    with pytest.raises(LabelBudgetError, match=r"budget is \d+.*leaving 7 for the text.*min_text_tokens=8"):
+        label_room(7).encode(LONG_TEXT, LABELS)
+    for extra, minimum in [(8, 8), (20, 8), (3, 2), (1, 1)]:
+        processor = label_room(extra, min_text_tokens=minimum)
+        ids = processor.encode(LONG_TEXT, LABELS)["input_ids"]
+        assert len(ids) == processor.budget and ids.count(processor.config.class_token_index) == len(LABELS)
+        assert ids[1 : extra + 1] == bare_ids(processor, " ".join(words[:extra]))  # the first `extra` words
+    # a text shorter than min_text_tokens must be kept whole: 5 tokens beside room for 4 is an error
+    short = " ".join(words[:5])
+    with pytest.raises(LabelBudgetError, match=r"keep at least 5 of its 5 tokens"):
+        label_room(4).encode(short, LABELS)
+    assert len(label_room(5).encode(short, LABELS)["input_ids"]) == label_room(5).budget
+
+
+def test_boundary_overshoot_beyond_the_room_raises_not_index_error(monkeypatch):
+    """A tokenizer whose cut strings merge into more tokens than the room left: once fewer than min_text_tokens
+    would remain, the error is a LabelBudgetError (it used to index the text from its end, then IndexError)."""
+    processor = label_room(10, min_text_tokens=2)
+    seg = processor.segments(LONG_TEXT, LABELS)
+    tokenize = processor._tokenize
+
+    def merging(strings, offsets=False):
+        enc = tokenize(strings, offsets)
+        if not offsets and strings[0] not in (seg.string, seg.prefix + seg.suffix):  # a cut text: 12 extra tokens
+            enc["input_ids"] = [ids + [ids[-1]] * 12 for ids in enc["input_ids"]]
+        return enc
+
+    monkeypatch.setattr(processor, "_tokenize", merging)
+    with pytest.raises(LabelBudgetError, match=r"must keep at least 2 of its"):
+        processor.encode(LONG_TEXT, LABELS)
+
+
+def test_min_text_tokens_is_checked_saved_and_defaults_for_old_files(tmp_path):
+    processor = make()
+    assert processor.min_text_tokens == 8
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="min_text_tokens must be an int >= 1"):
+            GLiClassProcessor(processor.tokenizer, processor.config, min_text_tokens=bad)
+    GLiClassProcessor(processor.tokenizer, processor.config, max_length=40, min_text_tokens=3).save_pretrained(tmp_path)
+    loaded = GLiClassProcessor.from_pretrained(tmp_path, config=processor.config)
+    assert (loaded.max_length, loaded.min_text_tokens) == (40, 3)
+    (tmp_path / "gliclass_processor.json").write_text('{"max_length": 40, "label_max_length": 64}')  # an older file
+    assert GLiClassProcessor.from_pretrained(tmp_path, config=processor.config).min_text_tokens == 8
+
+
 def test_budget_is_min_of_max_length_and_backbone_positions():
     assert make("uni-encoder", "bert").budget == 128  # BERT: 128 absolute positions < max_length 1024
     assert make("uni-encoder", "bert", max_length=64).budget == 64

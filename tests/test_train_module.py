@@ -37,18 +37,25 @@ def examples(n: int, seed: int = 0, nan_rows: Sequence[int] = ()) -> list[Exampl
 class ListDataModule(L.LightningDataModule):
     """In-memory examples behind the GLiClassDataModule contract (eval_names, eval_multi_label)."""
 
-    def __init__(self, processor, train: list[Example], evals: dict[str, tuple[list[Example], bool]] | None = None):
+    def __init__(
+        self,
+        processor,
+        train: list[Example],
+        evals: dict[str, tuple[list[Example], bool]] | None = None,
+        trim_labels_to_fit: bool = False,
+    ):
         super().__init__()
         self.processor, self.train, self.evals = processor, train, evals or {}
+        self.trim_labels_to_fit = trim_labels_to_fit
         self.eval_names = list(self.evals)
         self.eval_multi_label = {name: multi for name, (_, multi) in self.evals.items()}
 
-    def loader(self, rows: list[Example]) -> DataLoader:
-        dataset = GLiClassDataset(rows, self.processor)
+    def loader(self, rows: list[Example], trim_labels_to_fit: bool = False) -> DataLoader:
+        dataset = GLiClassDataset(rows, self.processor, trim_labels_to_fit=trim_labels_to_fit)
         return DataLoader(dataset, batch_size=2, collate_fn=GLiClassCollator(self.processor))
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train)
+        return self.loader(self.train, self.trim_labels_to_fit)
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self.loader(rows) for rows, _ in self.evals.values()]
@@ -133,6 +140,31 @@ def test_skip_counters_and_best_score_are_checkpointed(make_tiny):
     restored.on_load_checkpoint(checkpoint)
     assert restored.skipped.state_dict() == {"seen": 10, "skipped": 2}
     assert restored.val_f1_best.compute().item() == pytest.approx(0.7)
+
+
+def test_rows_with_trimmed_labels_are_counted_logged_and_checkpointed(make_tiny):
+    model, processor = make_tiny("bert")
+    long_labels = [f"very good food number {i}" for i in range(30)]  # far over the 128-token budget
+    crowded = [Example("the movie was good but the food was bad", long_labels, {long_labels[k]: 1.0}) for k in (2, 7)]
+    rows = [crowded[0], *examples(2), crowded[1], *examples(2, seed=1)]  # batches: 1, 1, 0 trimmed rows
+    seen = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            seen.append(trainer.callback_metrics["train/rows_labels_trimmed"].item())
+
+    module = make_module(model)
+    trainer(callbacks=[Record()]).fit(module, datamodule=ListDataModule(processor, rows, trim_labels_to_fit=True))
+    assert seen == [1, 2, 2] and module.rows_labels_trimmed == 2
+
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    restored = make_module(make_tiny("bert")[0])
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.rows_labels_trimmed == 2
+    del checkpoint["rows_labels_trimmed"]  # a checkpoint saved before the count existed
+    restored.on_load_checkpoint(checkpoint)
+    assert restored.rows_labels_trimmed == 0
 
 
 def test_test_stage_decides_per_dataset_and_logs_under_a_prefix(make_tiny):

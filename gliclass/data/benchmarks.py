@@ -141,32 +141,70 @@ def to_examples(
     max_negatives: int | None = None,
     seed: int = 0,
     prompt: str | None = None,
+    max_candidates: int | None = None,
+    foreign_labels: Sequence[str] = (),
+    max_foreign_negatives: int = 0,
 ) -> list[Example]:
-    """Training-format examples: every label as a candidate (`all_labels`), or positives + sampled negatives."""
+    """Training-format examples: every label as a candidate (`all_labels`), or positives + sampled negatives.
+
+    Sampled candidates: the row's positives, k hard negatives from the dataset's own labels (k uniform in
+    [min_negatives, max_negatives]; None: up to the whole label set) and j random negatives from `foreign_labels`
+    (other datasets' labels; j uniform in [0, max_foreign_negatives]), at most `max_candidates` in all, shuffled. A
+    foreign label that names one of this dataset's labels (case-insensitively) is never a negative.
+    """
     if min_negatives < 0 or (max_negatives is not None and max_negatives < min_negatives):
         raise ValueError(f"need 0 <= min_negatives <= max_negatives, got {min_negatives}, {max_negatives}")
+    if max_candidates is not None and max_candidates < 1:
+        raise ValueError(f"max_candidates must be >= 1 (or None), got {max_candidates}")
+    if max_foreign_negatives < 0:
+        raise ValueError(f"max_foreign_negatives must be >= 0, got {max_foreign_negatives}")
     rng = random.Random(f"{seed}:{bench.name}:{bench.split}")  # str seeds are stable across processes
+    own = {label.lower() for label in bench.labels}
+    foreign = sorted({label for label in foreign_labels if label.lower() not in own})
     out = []
     for row in bench.rows:
         true = dict.fromkeys(row.labels, 1.0)
         if all_labels:
             candidates = list(bench.labels)
         else:
-            candidates = _sample_candidates(rng, row.labels, bench.labels, min_negatives, max_negatives)
+            candidates = _sample_candidates(
+                rng,
+                row.labels,
+                bench.labels,
+                min_negatives,
+                max_negatives,
+                max_candidates,
+                foreign,
+                max_foreign_negatives,
+            )
         meta = {"dataset": bench.name, "multi_label": bench.multi_label}
         out.append(Example(row.text, candidates, true, prompt=prompt, source=row.source, meta=meta))
     return out
 
 
 def _sample_candidates(
-    rng: random.Random, positives: Sequence[str], labels: Sequence[str], low: int, high: int | None
+    rng: random.Random,
+    positives: Sequence[str],
+    labels: Sequence[str],
+    low: int,
+    high: int | None,
+    max_candidates: int | None = None,
+    foreign: Sequence[str] = (),
+    max_foreign: int = 0,
 ) -> list[str]:
-    """Positives plus k random negatives, k uniform in [low, high] capped by what the label set has."""
+    """Positives plus k random negatives, k uniform in [low, high] capped by what the label set (and the candidate
+    cap) allows, plus j uniform in [0, max_foreign] negatives from `foreign` within the cap."""
     pos = set(positives)
     negatives = [label for label in labels if label not in pos]
+    room = len(negatives) if max_candidates is None else max(max_candidates - len(positives), 0)
     high = len(negatives) if high is None else min(high, len(negatives))
+    high = min(high, room)
     low = max(low, 0 if positives else 1)  # a row without positives still needs one candidate
     k = rng.randint(min(low, high), high)
     candidates = list(positives) + rng.sample(negatives, k)
+    if max_foreign and foreign:
+        extra = [label for label in foreign if label not in pos]
+        j = min(rng.randint(0, max_foreign), len(extra), max(room - k, 0))
+        candidates += rng.sample(extra, j)
     rng.shuffle(candidates)
     return candidates

@@ -78,6 +78,9 @@ class GLiClassDataModule(LightningDataModule):
         eval_datasets: Sequence[str | Mapping[str, Any]] = (),
         min_negatives: int = 1,
         max_negatives: int | None = None,
+        max_candidates: int | None = None,
+        max_foreign_negatives: int = 0,
+        group_batches_by_dataset: bool = False,
         val_fraction: float = 0.1,
         seed: int = 42,
         batch_size: int = 8,
@@ -106,6 +109,9 @@ class GLiClassDataModule(LightningDataModule):
             raise ValueError(f"eval_datasets name a dataset twice: {self.eval_names}")
         self.min_negatives = min_negatives
         self.max_negatives = max_negatives
+        self.max_candidates = max_candidates
+        self.max_foreign_negatives = max_foreign_negatives
+        self.group_batches_by_dataset = group_batches_by_dataset
         self.val_fraction = val_fraction
         self.seed = seed
         self.batch_size = batch_size
@@ -138,12 +144,18 @@ class GLiClassDataModule(LightningDataModule):
         for spec in self.train_files:
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
             mix += read_training_file(spec["path"], spec.get("limit"), self.sample_seed)
-        for bench in self.benchmarks:
+        splits = [bench.load(self.data_dir, self.sample_seed) for bench in self.benchmarks]
+        for split in splits:
+            # random negatives from the other training datasets' label sets
+            foreign = [label for other in splits if other.name != split.name for label in other.labels]
             mix += to_examples(
-                bench.load(self.data_dir, self.sample_seed),
+                split,
                 min_negatives=self.min_negatives,
                 max_negatives=self.max_negatives,
                 seed=self.seed,
+                max_candidates=self.max_candidates,
+                foreign_labels=foreign,
+                max_foreign_negatives=self.max_foreign_negatives,
             )
         mix += self._nli_examples()
         if not mix:
@@ -201,7 +213,13 @@ class GLiClassDataModule(LightningDataModule):
 
     def _loader(self, examples: Sequence[Example], train: bool) -> DataLoader:
         processor = self._processor()
-        dataset = GLiClassDataset(examples, processor, shuffle_labels=train and self.shuffle_labels, seed=self.seed)
+        dataset = GLiClassDataset(
+            examples,
+            processor,
+            shuffle_labels=train and self.shuffle_labels,
+            seed=self.seed,
+            trim_labels_to_fit=train,  # drop negatives (counted, logged) rather than the text or the row
+        )
         if not train:
             return DataLoader(
                 dataset,
@@ -212,7 +230,13 @@ class GLiClassDataModule(LightningDataModule):
         return ResumableLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=EpochSampler(len(dataset), self.seed, on_start=dataset.set_draws),
+            sampler=EpochSampler(
+                len(dataset),
+                self.seed,
+                on_start=dataset.set_draws,
+                groups=[ex.meta.get("dataset", "other") for ex in examples] if self.group_batches_by_dataset else None,
+                batch_size=self.batch_size,
+            ),
             collate_fn=GLiClassCollator(processor),
             num_workers=self.num_workers,
         )

@@ -19,6 +19,11 @@ class GLiClassDataset(Dataset):
     The shuffle is seeded by (seed, worker seed or "main", the count of samples drawn so far, index). The training
     sampler (`EpochSampler`) sets that count at the start of each pass, so a resumed run draws the same orders as an
     unbroken one; orders change every epoch and repeat across runs with the same seeds.
+
+    With `trim_labels_to_fit` (training), a row whose labels leave the text less than the processor's
+    `min_text_tokens` (`LabelBudgetError`) is kept by dropping negative labels from the end of its (shuffled) label
+    order, as few as needed; positives are never dropped. `item["labels_trimmed"]` counts the dropped labels. A row
+    that does not fit even with its positives alone still raises `LabelBudgetError`, naming the row.
     """
 
     def __init__(
@@ -27,11 +32,13 @@ class GLiClassDataset(Dataset):
         processor: GLiClassProcessor,
         shuffle_labels: bool = False,
         seed: int = 0,
+        trim_labels_to_fit: bool = False,
     ) -> None:
         self.examples = list(examples)
         self.processor = processor
         self.shuffle_labels = shuffle_labels
         self.seed = seed
+        self.trim_labels_to_fit = trim_labels_to_fit
         self._draws = 0  # accesses so far (per process): a new order every time an index is revisited
 
     def __len__(self) -> int:
@@ -54,8 +61,14 @@ class GLiClassDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         example = self.examples[index]
         labels = self.label_order(index)
+        trimmed = 0
         try:
-            item = self.processor.encode(example.text, labels, example.prompt, example.examples)
+            try:
+                item = self._encode(example, labels)
+            except LabelBudgetError as err:
+                if not self.trim_labels_to_fit:
+                    raise
+                labels, item, trimmed = self._trim_labels(example, labels, err)
         except LabelBudgetError as err:
             raise LabelBudgetError(f"{example.source}: {err}") from err  # same class, so callers can still catch it
         except (TypeError, ValueError) as err:
@@ -64,13 +77,50 @@ class GLiClassDataset(Dataset):
             raise type(err)(f"{example.source}: {err}") from err  # name the row; the processor cannot
         item["targets"] = example.targets(labels)
         item["label_names"] = labels
+        item["labels_trimmed"] = trimmed
         item["text"], item["id"] = example.text, example.meta.get("id")
         return item
 
+    def _encode(self, example: Example, labels: list[str]) -> dict[str, Any]:
+        return self.processor.encode(example.text, labels, example.prompt, example.examples)
+
+    def _trim_labels(
+        self, example: Example, labels: list[str], error: LabelBudgetError
+    ) -> tuple[list[str], dict[str, Any], int]:
+        """(kept labels, item, number dropped): the fewest negatives, taken from the end of `labels`, dropped so the
+        row fits; `LabelBudgetError` when even the positives alone (a single negative if none) do not fit."""
+        # negatives score 0; positives (> 0) and labels of unknown truth (NaN or < 0, some RL streams) are kept
+        negatives = [i for i, label in enumerate(labels) if example.true_labels.get(label, 0.0) == 0.0]
+        positives = len(labels) - len(negatives)
+        droppable = len(negatives) if positives else len(negatives) - 1  # a row keeps at least one label
+
+        def without(count: int) -> list[str]:
+            dropped = set(negatives[len(negatives) - count :]) if count else set()
+            return [label for i, label in enumerate(labels) if i not in dropped]
+
+        if droppable < 1:
+            raise LabelBudgetError(f"{error} (no negative label to drop)") from error
+        try:  # the most that may be dropped: if this does not fit, nothing does
+            best = (droppable, self._encode(example, without(droppable)))
+        except LabelBudgetError as err:
+            kept = f"only its {positives} positive label(s)" if positives else "a single negative label"
+            raise LabelBudgetError(f"{err} (even with {kept}, of {len(labels)} candidates)") from error
+        low, high = 1, droppable  # dropping `high` fits and dropping `low - 1` does not: find the fewest that fits
+        while low < high:
+            mid = (low + high) // 2
+            try:
+                best = (mid, self._encode(example, without(mid)))
+                high = mid
+            except LabelBudgetError:
+                low = mid + 1
+        count, item = best
+        return without(count), item, count
+
 
 class GLiClassCollator:
-    """`processor.collate` plus `targets` [B, C] (0 in padded slots), `label_names` (list of lists), `texts`, and
-    `ids` when every row has an `id` (the PPO feedback reward looks examples up by them)."""
+    """`processor.collate` plus `targets` [B, C] (0 in padded slots), `label_names` (list of lists), `texts`,
+    `rows_trimmed` (rows whose negative labels were trimmed to fit, an int) and `ids` when every row has an `id` (the
+    PPO feedback reward looks examples up by them)."""
 
     def __init__(self, processor: GLiClassProcessor) -> None:
         self.processor = processor
@@ -83,6 +133,7 @@ class GLiClassCollator:
         batch["targets"] = targets
         batch["label_names"] = [list(item["label_names"]) for item in items]
         batch["texts"] = [item["text"] for item in items]
+        batch["rows_trimmed"] = sum(1 for item in items if item.get("labels_trimmed", 0) > 0)
         ids = [item.get("id") for item in items]
         if all(i is not None for i in ids):
             batch["ids"] = ids

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,73 @@ def resolve_model(path: str | os.PathLike, architecture: str = "uni-encoder") ->
     return fresh_minilm(architecture), FRESH_NOTE if architecture == "uni-encoder" else None
 
 
+@dataclass(frozen=True)
+class ModelSpec:
+    """One `--model` of an evaluation run: the system name it is reported under, its resolved dir, and a note
+    (set when the default path was absent and a fresh model stands in)."""
+
+    name: str
+    path: Path
+    note: str | None = None
+
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def split_model_arg(value: str) -> tuple[str | None, str]:
+    """`name=path` -> (name, path); a plain path (also one whose '=' sits after a '/') -> (None, path)."""
+    name, sep, path = value.partition("=")
+    if not sep or "/" in name or os.sep in name:
+        return None, value
+    if not name or not path:
+        raise SystemExit(f"--model {value!r}: expected name=path or a plain path")
+    if not MODEL_NAME.fullmatch(name):
+        raise SystemExit(f"--model {value!r}: name {name!r} may only hold letters, digits and _.+-")
+    return name, path
+
+
+def is_gliclass_dir(path: Path) -> bool:
+    """A saved GLiClass model: a config.json whose model_type is GLiClass."""
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "GLiClass"
+
+
+def resolve_models(
+    values: Sequence[str] | None, reserved: Collection[str] = (), single_name: str = "ours"
+) -> list[ModelSpec]:
+    """The repeatable `--model [name=]path` of the evaluation CLIs, in the order given.
+
+    A single plain path keeps the historical system name `single_name` ("ours"); with several models a plain path
+    is named by its directory. A name given twice (or one in `reserved`, e.g. a baseline's), a path that does not
+    exist, or a dir that is not a saved GLiClass model exits with a message naming it. The default path, when
+    absent, becomes a fresh MiniLM model (see `resolve_model`)."""
+    values = list(values) if values else [DEFAULT_MODEL]
+    split = [split_model_arg(value) for value in values]
+    specs: list[ModelSpec] = []
+    seen: dict[str, str] = {}
+    for value, (name, path) in zip(values, split, strict=True):
+        if name is None:
+            name = single_name if len(split) == 1 else (Path(path).name or Path(path).resolve().name)
+        if name in reserved:
+            raise SystemExit(f"--model {value!r}: name {name!r} is taken by a baseline system; pick another name")
+        if name in seen:
+            raise SystemExit(
+                f"--model name {name!r} given twice ({seen[name]!r} and {value!r}); name them apart with name=path"
+            )
+        seen[name] = value
+        try:
+            model_dir, note = resolve_model(path)
+        except FileNotFoundError:
+            raise SystemExit(f"--model {value!r}: model directory {path} does not exist") from None
+        if not is_gliclass_dir(model_dir):
+            raise SystemExit(f"--model {value!r}: {model_dir} is not a GLiClass model dir (no GLiClass config.json)")
+        specs.append(ModelSpec(name, model_dir, note))
+    return specs
+
+
 def fresh_minilm(architecture: str = "uni-encoder") -> Path:
     """A seeded fresh MiniLM GLiClass model of `architecture`, built once and reused from the cache."""
     from gliclass import build_model
@@ -47,8 +118,9 @@ def fresh_minilm(architecture: str = "uni-encoder") -> Path:
     return out
 
 
-def run_record(args: Any, module: str) -> dict[str, Any]:
-    """Date, command line, git commit and software versions, stored beside every result."""
+def run_record(args: Any, module: str, models: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Any]:
+    """Date, command line, git commit and software versions, stored beside every result; `models` (system name
+    -> resolved model dir) is recorded as given."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -70,4 +142,5 @@ def run_record(args: Any, module: str) -> dict[str, Any]:
         "transformers": transformers.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        **({"models": {name: str(path) for name, path in models.items()}} if models is not None else {}),
     }

@@ -1,8 +1,10 @@
 """Few-shot adaptation (paper Table 5): N examples per label from `train`, a brief fine-tune, macro-F1 on `test`.
 
     python -m gliclass.evaluation.few_shot --model models/default --shots 8 --limit 200 --out experiments/results/
+    python -m gliclass.evaluation.few_shot --model default=models/default --model edge_cpu=models/edge_cpu ...
 
-Per dataset the model is reloaded from disk, scored zero-shot, fine-tuned on the sampled shots (focal loss with the
+`--model` is repeatable (`name=path` or a plain path, named as in the zero-shot harness); every model sees the
+same test rows and the same training shots. Per dataset and model the model is reloaded from disk, scored zero-shot, fine-tuned on the sampled shots (focal loss with the
 checkpoint's alpha/gamma, labels shuffled per example, encoder and head learning rates as in the official
 optimiser groups), and scored again on the same test rows. Only datasets with both train and test splits qualify.
 """
@@ -21,7 +23,7 @@ from torch.utils.data import DataLoader
 from gliclass.data.benchmarks import data_root
 from gliclass.data.dataset import GLiClassCollator, GLiClassDataset
 from gliclass.data.formats import Example
-from gliclass.evaluation.common import DEFAULT_MODEL, resolve_model, run_record
+from gliclass.evaluation.common import DEFAULT_MODEL, resolve_models, run_record
 from gliclass.evaluation.data import EvalSet, classification_datasets, few_shot_indices, load_eval_set
 from gliclass.evaluation.metrics import evaluate_scores
 from gliclass.evaluation.report import markdown_table, mean, publish
@@ -36,7 +38,13 @@ TABLE5_DATASETS = ("sst5", "emotion", "rotten_tomatoes", "banking77")  # Table 5
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        metavar="[NAME=]PATH",
+        help=f"GLiClass model dir, repeatable; NAME is its name in the table (default: {DEFAULT_MODEL})",
+    )
     parser.add_argument("--data-dir", default=None)
     parser.add_argument(
         "--datasets", default=",".join(TABLE5_DATASETS), help="comma list, or 'all' (every train+test dataset)"
@@ -112,37 +120,43 @@ def score(model: GLiClassModel, processor: GLiClassProcessor, test: EvalSet, bat
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     root = data_root(args.data_dir)
-    model_dir, model_note = resolve_model(args.model)
-    processor = GLiClassProcessor.from_pretrained(model_dir)
+    models = resolve_models(args.model)
+    processors = {m.name: GLiClassProcessor.from_pretrained(m.path) for m in models}
     rows = []
     for name in select_datasets(root, args.datasets):
+        # one test sample and one set of shots per dataset, shared by every model
         test = load_eval_set(name, root, args.limit, args.seed, split="test")
         train = load_eval_set(name, root, split="train")
         examples = shot_examples(train, args.shots, args.seed)
-        model = GLiClassModel.from_pretrained(str(model_dir)).eval()
-        zero = score(model, processor, test, args.batch_size)
-        start = time.perf_counter()
-        losses = fine_tune(model, processor, examples, args)
-        tuned_s = time.perf_counter() - start
-        few = score(model, processor, test, args.batch_size)
-        rows.append(
-            {
-                "name": name,
-                "n_test": len(test),
-                "n_train": len(examples),
-                "num_labels": len(test.label_names),
-                "zero_shot": zero,
-                "few_shot": few,
-                "fine_tune_seconds": tuned_s,
-                "first_loss": losses[0] if losses else None,
-                "last_loss": losses[-1] if losses else None,
-            }
-        )
-        print(f"{name}: zero-shot {zero['macro_f1']:.4f} -> {args.shots}-shot {few['macro_f1']:.4f}")
+        for m in models:
+            processor = processors[m.name]
+            model = GLiClassModel.from_pretrained(str(m.path)).eval()
+            zero = score(model, processor, test, args.batch_size)
+            start = time.perf_counter()
+            losses = fine_tune(model, processor, examples, args)
+            tuned_s = time.perf_counter() - start
+            few = score(model, processor, test, args.batch_size)
+            rows.append(
+                {
+                    "name": name,
+                    "model": m.name,
+                    "n_test": len(test),
+                    "n_train": len(examples),
+                    "num_labels": len(test.label_names),
+                    "zero_shot": zero,
+                    "few_shot": few,
+                    "fine_tune_seconds": tuned_s,
+                    "first_loss": losses[0] if losses else None,
+                    "last_loss": losses[-1] if losses else None,
+                }
+            )
+            who = f" [{m.name}]" if len(models) > 1 else ""
+            print(f"{name}{who}: zero-shot {zero['macro_f1']:.4f} -> {args.shots}-shot {few['macro_f1']:.4f}")
     return {
-        "run": run_record(args, "gliclass.evaluation.few_shot"),
-        "model": str(model_dir),
-        "model_note": model_note,
+        "run": run_record(args, "gliclass.evaluation.few_shot", {m.name: m.path for m in models}),
+        "model": str(models[0].path),
+        "model_note": models[0].note,
+        "models": [{"name": m.name, "path": str(m.path), "note": m.note} for m in models],
         "data_dir": str(root),
         "datasets": rows,
     }
@@ -150,15 +164,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def render(result: dict[str, Any]) -> str:
     run_info, args = result["run"], result["run"]["args"]
-    datasets = result["datasets"]
-    headers = ["Examples per label", *(d["name"] for d in datasets), "Avg"]
-    zero = [d["zero_shot"]["macro_f1"] for d in datasets]
-    few = [d["few_shot"]["macro_f1"] for d in datasets]
-    table = markdown_table(headers, [[0, *zero, mean(zero)], [args["shots"], *few, mean(few)]])
+    rows = result["datasets"]
+    models = result.get("models") or [{"name": "ours", "path": result["model"], "note": result["model_note"]}]
+    several = len(models) > 1
+    names = list(dict.fromkeys(d["name"] for d in rows))
+    headers = [*(["Model"] if several else []), "Examples per label", *names, "Avg"]
+    table_rows = []
+    for m in models:
+        mine = {d["name"]: d for d in rows if d.get("model", m["name"]) == m["name"]}
+        for shots, key in ((0, "zero_shot"), (args["shots"], "few_shot")):
+            f1 = [mine[n][key]["macro_f1"] if n in mine else None for n in names]
+            table_rows.append([*([m["name"]] if several else []), shots, *f1, mean(f1)])
+    table = markdown_table(headers, table_rows)
     details = markdown_table(
-        ["dataset", "labels", "train shots", "test rows", "ECE 0-shot", "ECE few-shot", "tune s", "loss first→last"],
+        [
+            *(["model"] if several else []),
+            "dataset",
+            "labels",
+            "train shots",
+            "test rows",
+            "ECE 0-shot",
+            "ECE few-shot",
+            "tune s",
+            "loss first→last",
+        ],
         [
             [
+                *([d.get("model")] if several else []),
                 d["name"],
                 d["num_labels"],
                 d["n_train"],
@@ -168,16 +200,21 @@ def render(result: dict[str, Any]) -> str:
                 d["fine_tune_seconds"],
                 f"{d['first_loss']:.4f}→{d['last_loss']:.4f}" if d["first_loss"] is not None else "—",
             ]
-            for d in datasets
+            for d in rows
         ],
     )
+    model_lines = [
+        f"- model{' `' + m['name'] + '`' if several else ''}: `{m['path']}`"
+        + (f" — **{m['note']}**" if m["note"] else "")
+        for m in models
+    ]
     return "\n".join(
         [
             "# Zero-shot vs few-shot macro-F1 (paper Table 5 layout)",
             "",
             f"- date: {run_info['date']}; commit {run_info['git_commit']}",
             f"- command: `{run_info['command']}`",
-            f"- model: `{result['model']}`" + (f" — **{result['model_note']}**" if result["model_note"] else ""),
+            *model_lines,
             f"- shots: {args['shots']} per label from `train` (seed {args['seed']}); fine-tune {args['epochs']} epochs, "
             f"batch {args['batch_size']}, lr head {args['lr']} / encoder {args['encoder_lr']}, focal loss; test rows: "
             f"{args['limit'] or 'all'} per dataset (stratified, seed {args['seed']})",

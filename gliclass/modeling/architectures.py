@@ -222,7 +222,15 @@ class BiEncoder(GLiClassBase):
         if class_input_ids is None or class_attention_mask is None:
             raise ValueError(f"{self.config.architecture_type} needs class_input_ids and class_attention_mask")
         rows, cols = labels_mask.nonzero(as_tuple=True)
-        flat = self.encode_labels(class_input_ids[rows, cols], class_attention_mask[rows, cols])
+        ids, mask = class_input_ids[rows, cols], class_attention_mask[rows, cols]
+        if ids.shape[0] > 1 and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            # batches repeat a dataset's labels across texts: encode each distinct label once (the gradient still
+            # reaches it from every slot); traced graphs (compile, ONNX) keep the plain path, whose shapes are static
+            unique, inverse = torch.unique(torch.cat([ids, mask.to(ids.dtype)], dim=1), dim=0, return_inverse=True)
+            width = ids.shape[1]
+            flat = self.encode_labels(unique[:, :width], unique[:, width:].to(mask.dtype))[inverse]
+        else:
+            flat = self.encode_labels(ids, mask)
         out = flat.new_zeros(*labels_mask.shape, flat.shape[-1])
         out[rows, cols] = flat
         return out

