@@ -217,7 +217,7 @@ def test_segment_ids_mark_text_labels_and_examples():
     # the segment embeddings are used
     before = model(**batch).logits
     with torch.no_grad():  # a random direction (a constant shift would vanish in the embedding LayerNorm)
-        model.model.segment_embeddings.weight[2].add_(torch.randn(model.config.hidden_size))
+        model.model.segment_embeddings.weight[2].add_(torch.randn(model.model.segment_embeddings.embedding_dim))
     assert not torch.allclose(model(**batch).logits, before)
 
 

@@ -212,7 +212,10 @@ def test_value_head_trains_frozen_encoder_side():
 
 def learn(batch, batches, lr, seed=0, model_config=None, **module_kwargs):
     """Train a tiny model with PPO on one fixed batch; (per-batch mean rewards, greedy F1 before, after)."""
-    model, _ = tiny_model(seed=seed, dropout=0.0, initializer_range=0.03, **(model_config or {}))
+    # the official random head: these tests measure PPO's learning signal from a small random start
+    model, _ = tiny_model(
+        seed=seed, dropout=0.0, initializer_range=0.03, **{"head_init": "random", **(model_config or {})}
+    )
     module = make_module(model, lr=lr, **module_kwargs)
 
     def greedy_f1() -> float:

@@ -35,18 +35,20 @@ def build_model_and_processor_from(
     backbone: Mapping[str, Any],
     config: Mapping[str, Any] | None = None,
     max_length: int = 1024,
+    head_init: str = "identity",
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
-    """The previous stage's model and processor, or a fresh one (`build_model_and_processor`) when `init_from` is
-    None. An export directory brings its own architecture config; a `.ckpt` is loaded into the configured one."""
+    """The previous stage's model and processor, or a fresh one (`build_model_and_processor`, with `head_init`) when
+    `init_from` is None. An export directory brings its own architecture config; a `.ckpt` is loaded into the
+    configured one."""
     if init_from is None:
-        return build_model_and_processor(backbone, config, max_length)
+        return build_model_and_processor(backbone, config, max_length, head_init)
     path = Path(init_from)
     if path.is_dir():
         log.info("starting from the export %s (its config.json fixes the architecture)", path)
         model = GLiClassModel.from_pretrained(path)
         return model, GLiClassProcessor.from_pretrained(path, config=model.config, max_length=max_length)
     if path.suffix == ".ckpt" and path.is_file():
-        model, processor = build_model_and_processor(backbone, config, max_length)
+        model, processor = build_model_and_processor(backbone, config, max_length, head_init)
         load_checkpoint_weights(model, path)
         return model, processor
     raise FileNotFoundError(f"init_from={init_from!r} is neither an export directory nor a .ckpt file")
