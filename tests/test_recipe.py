@@ -7,11 +7,12 @@ import random
 
 import pytest
 import torch
-from conftest import TINY_BACKBONES, tiny_model, tiny_tokenizer
+from conftest import SHARED_DATA, TINY_BACKBONES, tiny_model, tiny_tokenizer
 
 from gliclass import GLiClassModel, build_model
 from gliclass.data.benchmarks import BenchmarkRow, BenchmarkSplit, to_examples
 from gliclass.data.resumable import EpochSampler
+from gliclass.evaluation.data import load_eval_set
 from gliclass.modeling.architectures import GLiClassOutput
 from gliclass.modeling.losses import GLiClassLoss, label_cross_entropy
 from gliclass.training.utils import interpolate_weights, snapshot_weights, zero_shot_summary
@@ -154,3 +155,10 @@ def test_run_summary_shows_untrained_finetuned_trained_and_embed_sim():
     assert "embed-sim" in lines[1] and "fine-tuned" in lines[1]
     assert lines[2].split() == ["sst2", "0.6000", "0.7500", "0.8000", "0.6000", "nan"]
     assert lines[-1].split()[0] == "mean"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"benchmark data not found at {SHARED_DATA}")
+def test_small_test_splits_are_taken_whole():
+    assert len(load_eval_set("cr", SHARED_DATA, limit=10)) == 10
+    assert len(load_eval_set("cr", SHARED_DATA, limit=10, whole_up_to=1000)) == 753  # the whole test split
+    assert len(load_eval_set("sst2", SHARED_DATA, limit=10, whole_up_to=1000)) == 10  # 1,821 rows: sampled

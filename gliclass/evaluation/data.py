@@ -62,11 +62,19 @@ def eval_split_name(splits: Sequence[str]) -> str:
 
 
 def load_eval_set(
-    name: str, root: PathLike | None = None, limit: int | None = None, seed: int = 0, split: str | None = None
+    name: str,
+    root: PathLike | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    split: str | None = None,
+    whole_up_to: int | None = None,
 ) -> EvalSet:
-    """The evaluation split of `name` (or `split`), stratified down to `limit` rows."""
+    """The evaluation split of `name` (or `split`), stratified down to `limit` rows; a split of at most
+    `whole_up_to` rows is taken whole."""
     split = split or eval_split_name(classification_datasets(root)[name])
     full = EvalSet.from_benchmark(read_benchmark(name, split, root))
+    if whole_up_to is not None and len(full) <= whole_up_to:
+        limit = None
     return full.subset(stratified_indices(full.labels, limit, seed))
 
 

@@ -51,10 +51,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--shots", type=int, default=8, help="training examples per label")
     parser.add_argument("--limit", type=int, default=None, help="test rows per dataset (seeded stratified sample)")
+    parser.add_argument(
+        "--whole-up-to", type=int, default=None, help="take a test split of at most this many rows whole (no --limit)"
+    )
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5, help="head learning rate")
     parser.add_argument("--encoder-lr", type=float, default=2e-5, help="encoder learning rate")
+    parser.add_argument(
+        "--cross-entropy-coef",
+        type=float,
+        default=0.0,
+        help="add the softmax cross-entropy term beside focal (1.0: the objective the default recipe trains with)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="experiments/results/")
@@ -94,7 +103,10 @@ def fine_tune(
         generator=torch.Generator().manual_seed(args.seed),
     )
     loss_fn = GLiClassLoss(
-        "focal", focal_alpha=model.config.focal_loss_alpha, focal_gamma=model.config.focal_loss_gamma
+        "focal",
+        focal_alpha=model.config.focal_loss_alpha,
+        focal_gamma=model.config.focal_loss_gamma,
+        cross_entropy_coef=args.cross_entropy_coef,
     )
     optimizer = torch.optim.AdamW(parameter_groups(model, args.encoder_lr), lr=args.lr)
     model.train()
@@ -125,7 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for name in select_datasets(root, args.datasets):
         # one test sample and one set of shots per dataset, shared by every model
-        test = load_eval_set(name, root, args.limit, args.seed, split="test")
+        test = load_eval_set(name, root, args.limit, args.seed, split="test", whole_up_to=args.whole_up_to)
         train = load_eval_set(name, root, split="train")
         examples = shot_examples(train, args.shots, args.seed)
         for m in models:

@@ -54,6 +54,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--datasets", default="all", help="comma list, 'all', or 'test' (datasets with a test split)")
     parser.add_argument("--limit", type=int, default=None, help="rows per dataset (seeded stratified sample)")
+    parser.add_argument(
+        "--whole-up-to", type=int, default=None, help="take a test split of at most this many rows whole (no --limit)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma list of {list(SYSTEMS)}")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -200,7 +203,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for name in tqdm(select_datasets(root, args.datasets), desc="datasets"):
             # one seeded stratified sample per dataset, scored by every system
-            eval_set = load_eval_set(name, root, args.limit, args.seed)
+            eval_set = load_eval_set(name, root, args.limit, args.seed, whole_up_to=args.whole_up_to)
             labels, multi = eval_set.label_names, eval_set.multi_label
             scores: dict[str, np.ndarray] = {}
             for system_name, system in systems.items():
