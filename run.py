@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
             with module.logging_as("zeroshot_finetuned"):
                 trainer.test(module, datamodule=datamodule, verbose=False)
             metrics |= scalars(trainer.callback_metrics)
+        # the fine-tuned weights are kept beside the export (which holds the ensembled ones)
+        trainer.save_checkpoint(Path(cfg.paths.checkpoint_dir) / "finetuned.ckpt", weights_only=True)
         log.info("weight ensembling: %.2f x fine-tuned + %.2f x starting weights", alpha, 1 - alpha)
         interpolate_weights(module.model, start, alpha)
     if cfg.test:

@@ -228,8 +228,10 @@ def render(result: dict[str, Any]) -> str:
             f"- command: `{run_info['command']}`",
             *model_lines,
             f"- shots: {args['shots']} per label from `train` (seed {args['seed']}); fine-tune {args['epochs']} epochs, "
-            f"batch {args['batch_size']}, lr head {args['lr']} / encoder {args['encoder_lr']}, focal loss; test rows: "
-            f"{args['limit'] or 'all'} per dataset (stratified, seed {args['seed']})",
+            f"batch {args['batch_size']}, lr head {args['lr']} / encoder {args['encoder_lr']}, focal loss"
+            + (f" + {ce} x softmax cross-entropy" if (ce := args.get("cross_entropy_coef", 0.0)) else "")
+            + f"; test rows: {args['limit'] or 'all'} per dataset (stratified, seed {args['seed']})"
+            + (f", whole where a test split has at most {args['whole_up_to']}" if args.get("whole_up_to") else ""),
             "",
             table,
             "",
