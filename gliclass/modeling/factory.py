@@ -61,9 +61,31 @@ def build_model(
             )
     if isinstance(backbone, dict):
         model, processor = _build_random(backbone, tokenizer, label_backbone, max_length, head_init, **config_kwargs)
-        if head_init == "identity":
-            init_identity_head(model)
-        return model, processor
+    else:
+        model, processor = _build_pretrained(
+            backbone, tokenizer, label_backbone, pretrained, max_length, head_init, **config_kwargs
+        )
+    if head_init == "identity":
+        init_identity_head(model)
+    return model, processor
+
+
+def _head_defaults(config_kwargs: dict[str, Any], encoder_config: Any, head_init: str) -> None:
+    """An identity projector needs a hidden width of at least twice the encoder's: the default for `head_init`
+    "identity" (a `hidden_size` set explicitly is kept, and checked when the head is initialised)."""
+    if head_init == "identity":
+        config_kwargs.setdefault("hidden_size", 2 * encoder_config.get_text_config().hidden_size)
+
+
+def _build_pretrained(
+    backbone: str,
+    tokenizer: PreTrainedTokenizerBase | str | None,
+    label_backbone: str | None,
+    pretrained: bool,
+    max_length: int,
+    head_init: str,
+    **config_kwargs: Any,
+) -> tuple[GLiClassModel, GLiClassProcessor]:
     backbone = resolve_backbone(backbone)
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer))
@@ -76,8 +98,7 @@ def build_model(
         config_kwargs.setdefault("label_model_config", AutoConfig.from_pretrained(label_backbone))
     encoder_config = AutoConfig.from_pretrained(backbone)
     vocab_size = max(len(tokenizer), encoder_config.get_text_config().vocab_size)
-    if head_init == "identity":
-        config_kwargs.setdefault("hidden_size", 2 * encoder_config.get_text_config().hidden_size)
+    _head_defaults(config_kwargs, encoder_config, head_init)
     config = GLiClassConfig(
         encoder_config=encoder_config,
         encoder_model=backbone,
@@ -95,8 +116,6 @@ def build_model(
         label_tokenizer = AutoTokenizer.from_pretrained(config.label_model_name)
         if pretrained:
             model.model.label_encoder.load_state_dict(AutoModel.from_pretrained(config.label_model_name).state_dict())
-    if head_init == "identity":
-        init_identity_head(model)
     return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
 
 
@@ -114,8 +133,7 @@ def _build_random(
     class_id, sep_id, example_id = add_special_tokens(tokenizer)
     spec = {**_token_ids(tokenizer), **backbone}
     encoder_config = AutoConfig.for_model(spec.pop("model_type"), **spec)
-    if head_init == "identity":
-        config_kwargs.setdefault("hidden_size", 2 * encoder_config.get_text_config().hidden_size)
+    _head_defaults(config_kwargs, encoder_config, head_init)
     label_tokenizer = None
     if config_kwargs.get("architecture_type") in ("bi-encoder", "bi-encoder-fused"):
         label_spec = {**_token_ids(tokenizer), **(label_backbone or backbone)}
@@ -138,10 +156,10 @@ def _init_identity(projector: nn.Module) -> None:
     and zero biases, since act(x) - act(-x) = x for the activations in ODD_SPLIT_ACTIVATIONS."""
     first, second = projector.linear_1, projector.linear_2
     width, hidden = first.in_features, first.out_features
-    if second.out_features != width or hidden < 2 * width:
+    if hidden < 2 * width:
         raise ValueError(
-            f"an identity projector needs out == in and hidden >= 2 * in; got in={width}, hidden={hidden}, "
-            f"out={second.out_features}: set hidden_size >= {2 * width} or head_init='random'"
+            f"an identity projector needs hidden >= 2 * in; got in={width}, hidden={hidden}: set hidden_size >= "
+            f"{2 * width} or head_init='random'"
         )
     eye = torch.eye(width)
     with torch.no_grad():
@@ -164,11 +182,8 @@ def init_identity_head(model: GLiClassModel) -> None:
     inner = model.model
     for name in ("text_projector", "classes_projector", "biencoder_projector"):
         projector = getattr(inner, name, None)
-        if projector is None:
-            continue
-        if projector.linear_1.in_features != projector.linear_2.out_features:
-            continue
-        _init_identity(projector)
+        if projector is not None and projector.linear_1.in_features == projector.linear_2.out_features:
+            _init_identity(projector)
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int]:
