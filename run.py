@@ -10,8 +10,12 @@ python run.py hparams_search=optuna             # an Optuna sweep over the optim
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 import os
+import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
@@ -31,6 +36,7 @@ from gliclass.training.stages import run_stages  # noqa: E402
 from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which the configs read)
     apply_extras,
     embed_sim_metrics,
+    group_choices,
     instantiate_all,
     interpolate_weights,
     log_hyperparameters,
@@ -39,6 +45,8 @@ from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which 
 )
 
 log = logging.getLogger(__name__)
+# the metric families shown in TensorBoard's HParams table (one row per run or sweep job)
+HPARAM_METRICS = ("val", "test", "zeroshot_finetuned", "embed_sim", "perf", "model")
 
 
 def scalars(metrics: dict[str, Any]) -> dict[str, float]:
@@ -63,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     loggers = instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False)
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float] = {"model/params": float(sum(p.numel() for p in model.parameters()))}
     if cfg.eval_untrained and cfg.test:
         log.info("zero-shot evaluation of the untrained model")
         with module.logging_as("zeroshot_untrained"):
@@ -74,8 +82,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = snapshot_weights(module.model) if cfg.train and alpha < 1.0 else None
     if cfg.train:
         log.info("training (ckpt_path=%s)", cfg.ckpt_path)
+        start_step, started = trainer.global_step, time.perf_counter()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        seconds = time.perf_counter() - started
         metrics |= scalars(trainer.callback_metrics)
+        # this process's share of the fit (a resumed run counts only the steps it trained itself)
+        steps = trainer.global_step - start_step
+        metrics |= {"perf/train_seconds": seconds, "perf/train_steps": float(steps)}
+        if steps > 0 and cfg.data.get("batch_size"):
+            metrics["perf/train_texts_per_s"] = steps * cfg.data.batch_size * trainer.world_size / seconds
     if start is not None:
         if cfg.test:
             log.info("zero-shot evaluation of the fine-tuned weights (before weight ensembling)")
@@ -88,8 +103,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         interpolate_weights(module.model, start, alpha)
     if cfg.test:
         # the in-memory model after training (and ensembling): the model that is exported
+        started = time.perf_counter()
         trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path, verbose=False)
+        seconds = time.perf_counter() - started
         metrics |= scalars(trainer.callback_metrics)
+        rows = sum(len(datamodule.eval_examples(name)) for name in datamodule.eval_names)
+        if rows:  # inference throughput of the whole test loop (all evaluation sets, batched as in evaluation)
+            metrics["perf/test_texts_per_s"] = rows / seconds
     if cfg.test and cfg.get("eval_embed_sim") and trainer.is_global_zero and cfg.model.backbone.get("name"):
         log.info("zero-shot evaluation of the embedding-similarity baseline (the backbone's mean-pooled cosine)")
         baseline = embed_sim_metrics(datamodule, resolve_backbone(cfg.model.backbone.name))
@@ -100,19 +120,58 @@ def train(cfg: DictConfig) -> dict[str, float]:
         export_dir = Path(cfg.paths.export_dir)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             export_dir = Path(cfg.paths.output_dir) / "model"  # sweep jobs must not share one export directory
-        export_model(module.model, export_dir, processor)  # LoRA adapters (stage=post) are merged in
+        # LoRA adapters (stage=post) are merged in
+        export_model(module.model, export_dir, processor)
         log.info("exported the model to %s", export_dir)
 
     summary = zero_shot_summary(metrics)
     if summary and trainer.is_global_zero:
         log.info(summary)
-    log_hyperparameters(loggers, cfg, {k: v for k, v in metrics.items() if k.split("/")[0] in ("val", "test")})
+    log_hyperparameters(loggers, cfg, {k: v for k, v in metrics.items() if k.split("/")[0] in HPARAM_METRICS})
     return metrics
+
+
+def _write_status(path: Path, record: dict[str, Any]) -> None:
+    """`<output dir>/result.json`, replaced atomically: a sweep summary never reads half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n")
+    tmp.replace(path)
+
+
+def _job_record(cfg: DictConfig) -> dict[str, Any]:
+    """What a sweep summary needs to know about this job besides its metrics: overrides, group choices, commit."""
+    from gliclass.evaluation.common import git_commit
+
+    record: dict[str, Any] = {"run_name": cfg.get("run_name"), "git_commit": git_commit()}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        record["overrides"] = list(hydra_cfg.overrides.task)
+        record["choices"] = group_choices()
+        record["job_num"] = hydra_cfg.job.get("num")
+    return record
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    # result.json says whether this run is running, completed or failed (with its error), so a sweep summary
+    # (python -m gliclass.evaluation.sweep) can show every job, never silently dropping a failed one
+    # (one writer: rank 0 of a DDP job)
+    status_path = Path(cfg.paths.output_dir) / "result.json" if rank_zero_only.rank == 0 else None
+    record = _job_record(cfg) | {"status": "running", "started": dt.datetime.now(dt.timezone.utc).isoformat()}
+    if status_path:
+        _write_status(status_path, record)
+    try:
+        metrics = train(cfg)
+    except BaseException as err:
+        record |= {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
+        record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+        if status_path:
+            _write_status(status_path, record)
+        raise
+    record |= {"status": "completed", "metrics": metrics, "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
+    if status_path:
+        _write_status(status_path, record)
     value = metrics.get(cfg.get("optimized_metric"))
     if cfg.get("optimized_metric") and value is None:
         log.warning("optimized_metric %r was not logged; logged: %s", cfg.optimized_metric, sorted(metrics))

@@ -118,9 +118,9 @@ def fresh_minilm(architecture: str = "uni-encoder") -> Path:
     return out
 
 
-def run_record(args: Any, module: str, models: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Any]:
-    """Date, command line, git commit and software versions, stored beside every result; `models` (system name
-    -> resolved model dir) is recorded as given."""
+def git_commit() -> str:
+    """The repository's short commit hash, with "+dirty" when the tree has uncommitted changes ("unknown" outside
+    a git checkout)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -129,14 +129,20 @@ def run_record(args: Any, module: str, models: Mapping[str, str | os.PathLike] |
             subprocess.run(["git", "status", "--porcelain"], cwd=REPO_ROOT, capture_output=True, text=True).stdout
         )
     except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", False
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def run_record(args: Any, module: str, models: Mapping[str, str | os.PathLike] | None = None) -> dict[str, Any]:
+    """Date, command line, git commit and software versions, stored beside every result; `models` (system name
+    -> resolved model dir) is recorded as given."""
     import transformers
 
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in ["python", "-m", module, *sys.argv[1:]]),
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "git_commit": commit + ("+dirty" if dirty else ""),
+        "git_commit": git_commit(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,

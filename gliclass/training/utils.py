@@ -31,12 +31,16 @@ def apply_extras(cfg: DictConfig) -> None:
 
 
 def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: Mapping[str, float]) -> None:
-    """The resolved run config (flattened by the loggers) with the final metrics under `hp/`.
+    """The resolved run config (flattened by the loggers) and the chosen config groups (`choice/arch`, ...), with the
+    final metrics under `hp/`.
 
     TensorBoard's HParams tab then compares sweep jobs on those metrics; the `hp/` prefix keeps these one-off points
     out of the training curves.
     """
     params = OmegaConf.to_container(cfg, resolve=True)
+    choices = group_choices()
+    if choices:  # the config groups this run chose (arch=uni, pooling=attn, ...): one HParams column each
+        params["choice"] = choices
     hp_metrics = {f"hp/{name.replace('/', '_')}": value for name, value in metrics.items()}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -44,6 +48,17 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: Mapping
         else:
             logger.log_hyperparams(params)
             logger.log_metrics(hp_metrics)
+
+
+def group_choices() -> dict[str, str]:
+    """The option chosen in each config group of this run (Hydra's runtime choices, Hydra's own groups left out);
+    empty outside a Hydra run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {k: str(v) for k, v in choices.items() if v is not None and not k.startswith("hydra/") and k != "hydra"}
 
 
 def snapshot_weights(model: Any) -> dict[str, Any]:
