@@ -82,13 +82,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     start = snapshot_weights(module.model) if cfg.train and alpha < 1.0 else None
     if cfg.train:
         log.info("training (ckpt_path=%s)", cfg.ckpt_path)
-        start_step, started = trainer.global_step, time.perf_counter()
+        start_step, started, cpu = trainer.global_step, time.perf_counter(), time.process_time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         metrics |= scalars(trainer.callback_metrics)
-        # this process's share of the fit (a resumed run counts only the steps it trained itself)
+        # this process's share of the fit (a resumed run counts only the steps it trained itself); CPU seconds (all
+        # threads) are less sensitive than wall seconds to other jobs sharing the machine
         steps = trainer.global_step - start_step
-        metrics |= {"perf/train_seconds": seconds, "perf/train_steps": float(steps)}
+        metrics |= {"perf/train_seconds": seconds, "perf/train_cpu_seconds": cpu, "perf/train_steps": float(steps)}
         if steps > 0 and cfg.data.get("batch_size"):
             metrics["perf/train_texts_per_s"] = steps * cfg.data.batch_size * trainer.world_size / seconds
     if start is not None:
@@ -103,13 +104,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         interpolate_weights(module.model, start, alpha)
     if cfg.test:
         # the in-memory model after training (and ensembling): the model that is exported
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path, verbose=False)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         metrics |= scalars(trainer.callback_metrics)
         rows = sum(len(datamodule.eval_examples(name)) for name in datamodule.eval_names)
         if rows:  # inference throughput of the whole test loop (all evaluation sets, batched as in evaluation)
-            metrics["perf/test_texts_per_s"] = rows / seconds
+            metrics |= {"perf/test_texts_per_s": rows / seconds, "perf/test_texts_per_cpu_s": rows / cpu}
     if cfg.test and cfg.get("eval_embed_sim") and trainer.is_global_zero and cfg.model.backbone.get("name"):
         log.info("zero-shot evaluation of the embedding-similarity baseline (the backbone's mean-pooled cosine)")
         baseline = embed_sim_metrics(datamodule, resolve_backbone(cfg.model.backbone.name))

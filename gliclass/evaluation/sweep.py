@@ -126,9 +126,11 @@ def summarize(sweep_dir: Path) -> dict[str, Any]:
                 "mean": metrics.get("test/f1_macro"),
                 "val_f1_macro": metrics.get("val/f1_macro_best"),
                 "train_seconds": metrics.get("perf/train_seconds"),
+                "train_cpu_seconds": metrics.get("perf/train_cpu_seconds"),
                 "train_steps": metrics.get("perf/train_steps"),
                 "train_texts_per_s": metrics.get("perf/train_texts_per_s"),
                 "test_texts_per_s": metrics.get("perf/test_texts_per_s"),
+                "test_texts_per_cpu_s": metrics.get("perf/test_texts_per_cpu_s"),
                 "params": metrics.get("model/params"),
             }
         )
@@ -156,12 +158,14 @@ def _label(values: Mapping[str, str]) -> str:
 def render(result: Mapping[str, Any]) -> str:
     keys, names = result["swept"], result["datasets"]
     base = result["embed_sim"]
-    headers = [*keys, "status", *names, "mean", "Δ embed-sim", "train min", "train texts/s", "test texts/s", "params M"]
+    headers = [*keys, "status", *names, "mean", "Δ embed-sim", "train min", "train CPU min", "train texts/s"]
+    headers += ["test texts/s", "test texts/CPU s", "params M"]
     rows = []
     for job in result["jobs"]:
         mean = job["mean"]
         delta = mean - base["mean"] if mean is not None and base["mean"] is not None else None
         minutes = job["train_seconds"] / 60 if job["train_seconds"] is not None else None
+        cpu_minutes = job.get("train_cpu_seconds") / 60 if job.get("train_cpu_seconds") is not None else None
         params = job["params"] / 1e6 if job["params"] is not None else None
         rows.append(
             [
@@ -171,14 +175,16 @@ def render(result: Mapping[str, Any]) -> str:
                 mean,
                 delta,
                 minutes,
+                cpu_minutes,
                 job["train_texts_per_s"],
                 job["test_texts_per_s"],
+                job.get("test_texts_per_cpu_s"),
                 params,
             ]
         )
     rows.append(
         [*("embed-sim" if i == 0 else "" for i in range(len(keys))), "baseline", *base["f1_macro"].values()]
-        + [base["mean"], None, None, None, None, None]
+        + [base["mean"], None, None, None, None, None, None, None]
     )
     run = result.get("run", {})
     lines = [
@@ -186,7 +192,8 @@ def render(result: Mapping[str, Any]) -> str:
         "",
         f"Zero-shot macro-F1 per evaluation set (rows: {', '.join(keys) or 'the job'}); `embed-sim` is the backbone's "
         "mean-pooled cosine on the same rows. Training time and texts/s are the job's own `trainer.fit`; test "
-        "texts/s is its whole test loop over all evaluation sets.",
+        "texts/s is its whole test loop over all evaluation sets. Wall-clock figures depend on what else ran on the "
+        "machine; CPU figures (the job's process time, all threads) much less.",
         "",
         f"- fixed overrides: `{' '.join(result['fixed_overrides'])}`",
         f"- commit of the jobs: {', '.join(result['job_commits'])}; summarised at {run.get('git_commit', '?')} "
