@@ -1,8 +1,10 @@
 """Train, test and export a GLiClass model; every setting is a Hydra config (conf/).
 
-python run.py                                   # the default run: MiniLM uni-encoder, models/default/
+python run.py                                   # the default run: MiniLM bi-encoder, models/default/
 python run.py experiment=minilm_bi              # a preset from conf/experiment/
 python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun: one directory per job
+python run.py -m experiment=ablation_cpu arch=uni,bi,fused pooling=first,mean,attn   # the ablation, then:
+python -m gliclass.evaluation.sweep logs/train/multiruns/ablation_cpu   # one table of every job of that sweep
 python run.py run_name=my_run ...               # a run of its own: logs/train/runs/my_run/, models/my_run/
 python run.py ckpt_path=last                    # resume this run from its last.ckpt (fresh if there is none)
 python run.py hparams_search=optuna             # an Optuna sweep over the optimisation settings
@@ -31,7 +33,7 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 from gliclass.modeling import resolve_backbone  # noqa: E402
-from gliclass.training.lora import export_model  # noqa: E402
+from gliclass.training.lora import export_model, trained_loss  # noqa: E402
 from gliclass.training.stages import run_stages  # noqa: E402
 from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which the configs read)
     apply_extras,
@@ -121,8 +123,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         export_dir = Path(cfg.paths.export_dir)
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
             export_dir = Path(cfg.paths.output_dir) / "model"  # sweep jobs must not share one export directory
-        # LoRA adapters (stage=post) are merged in
-        export_model(module.model, export_dir, processor)
+        # LoRA adapters (stage=post) are merged in; config.json records the loss the weights were trained with
+        export_model(module.model, export_dir, processor, loss=trained_loss(module))
         log.info("exported the model to %s", export_dir)
 
     summary = zero_shot_summary(metrics)

@@ -4,7 +4,7 @@ from transformers import AutoConfig, AutoModel
 
 from gliclass.config import GLiClassConfig
 from gliclass.modeling import GLiClassModel, GLiClassOutput, build_model, resolve_backbone
-from gliclass.processing import GLiClassProcessor, LabelBudgetError
+from gliclass.processing import GLiClassProcessor, LabelBudgetError, ReservedTokenError
 
 AutoConfig.register("GLiClass", GLiClassConfig, exist_ok=True)
 AutoModel.register(GLiClassConfig, GLiClassModel, exist_ok=True)
@@ -15,6 +15,7 @@ __all__ = [
     "GLiClassOutput",
     "GLiClassProcessor",
     "LabelBudgetError",
+    "ReservedTokenError",
     "build_model",
     "resolve_backbone",
 ]

@@ -1,7 +1,8 @@
 """`GLiClassConfig`: the checkpoint config, field-compatible with the official `gliclass` package.
 
 Official `config.json` files load unchanged: every field keeps the official name and default. Our additions are
-the attention-weighted pooling (`pooling_strategy="attn"`, named by the paper) and nothing else.
+the attention-weighted pooling (`pooling_strategy="attn"`, named by the paper) and `exact_feature_spans`, whose
+default keeps the official behaviour (official files do not have it; `build_model` turns it on for new models).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ class GLiClassConfig(PretrainedConfig):
 
     The backbone config is nested as `encoder_config` (and `label_model_config` for bi-encoders). Special-token
     indices of -1 resolve to vocab_size, +1, +2, as in the official package.
+
+    `exact_feature_spans` (ours): label and text vectors read exactly their own tokens. With
+    `class_token_pooling="average"` every label's span ends at the label block's `<<SEP>>`, and
+    `extract_text_features` pools the text's own segment (`[CLS] text`, or with `prompt_first`
+    `<<SEP>>[prompt] text` without the few-shot examples). False (the default, and what official checkpoints
+    mean) keeps the official spans: the last label runs to the end of the sequence unless extract_text_features is
+    set, and extract_text_features pools everything from the first `<<SEP>>`, which without `prompt_first` holds
+    no text at all.
     """
 
     model_type = "GLiClass"
@@ -89,6 +98,7 @@ class GLiClassConfig(PretrainedConfig):
         embed_class_token: bool = True,
         dropout: float = 0.1,
         use_segment_embeddings: bool = False,
+        exact_feature_spans: bool = False,
         **kwargs: Any,
     ) -> None:
         encoder_model = encoder_model or kwargs.pop("encoder_model_name", None)
@@ -143,6 +153,7 @@ class GLiClassConfig(PretrainedConfig):
         self.embed_class_token = embed_class_token
         self.dropout = dropout
         self.use_segment_embeddings = use_segment_embeddings
+        self.exact_feature_spans = exact_feature_spans
         self.pad_token_id = text_config.pad_token_id
         super().__init__(problem_type=problem_type, **kwargs)
         self.validate()
@@ -180,6 +191,7 @@ class GLiClassConfig(PretrainedConfig):
             )
         if self.layer_wise:
             raise ValueError("layer_wise=True (a loss on every encoder layer) is not supported; use squeeze_layers")
+        self._validate_uni_encoder_options()
         num_states = getattr(self.encoder_config.get_text_config(), "num_hidden_layers", None)
         if (
             self.encoder_layer_id != -1
@@ -189,6 +201,32 @@ class GLiClassConfig(PretrainedConfig):
             raise ValueError(
                 f"encoder_layer_id={self.encoder_layer_id} is out of range: the backbone returns "
                 f"{num_states + 1} hidden states (embeddings + {num_states} layers)"
+            )
+
+    def _validate_uni_encoder_options(self) -> None:
+        """Options that only the uni-encoder reads: the other architectures would silently ignore them."""
+        if self.architecture_type != "uni-encoder":
+            # extract_text_features also ends the average label spans at <<SEP>>, which fused and encoder-decoder read
+            cuts_label_spans = self.architecture_type != "bi-encoder" and self.class_token_pooling == "average"
+            unread = {
+                "squeeze_layers": self.squeeze_layers,
+                "encoder_layer_id": self.encoder_layer_id != -1,
+                "use_segment_embeddings": self.use_segment_embeddings,
+                "extract_text_features": self.extract_text_features and not cuts_label_spans,
+            }
+            for field, is_set in unread.items():
+                if is_set:
+                    arch = f"architecture_type={self.architecture_type!r}"
+                    if field == "extract_text_features":
+                        arch += f" with class_token_pooling={self.class_token_pooling!r}"
+                    raise ValueError(
+                        f"{field}={getattr(self, field)!r} is read only by the uni-encoder: {arch} would silently "
+                        "ignore it"
+                    )
+        if self.encoder_layer_id != -1 and self.squeeze_layers:
+            raise ValueError(
+                f"encoder_layer_id={self.encoder_layer_id} and squeeze_layers=True both choose the token states "
+                "(encoder_layer_id would silently win); set only one of them"
             )
 
     @property

@@ -20,10 +20,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from gliclass.chunking import partition_labels, text_chunks
-from gliclass.config import LABEL_TOKEN
+from gliclass.config import LABEL_TOKEN, SPECIAL_TOKENS
 from gliclass.pipeline_inputs import (
     check_bool,
     check_threshold,
@@ -35,6 +36,7 @@ from gliclass.pipeline_inputs import (
 from gliclass.processing import (
     GLiClassProcessor,
     LabelBudgetError,
+    Segments,
     check_labels,
     check_text,
     format_examples,
@@ -45,6 +47,7 @@ AGGREGATIONS = ("max", "mean", "logit-mean")
 LONG_TEXT = ("chunk", "truncate")
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 Labels = Sequence[str] | Mapping[str, Any]
+CALL_CACHE_SIZE = 1024  # label sets (and the token ids of their label blocks) remembered across calls
 
 
 @dataclass
@@ -81,7 +84,7 @@ class _Result:
     """Per text: logits [chunks, labels], and embeddings when asked for."""
 
     labels: list[str]
-    logits: torch.Tensor
+    logits: torch.Tensor | None  # None until read: a text of one model row views its row of the batch logits
     text_embeddings: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)  # (chunk, group) -> vector
     class_embeddings: torch.Tensor | None = None  # [chunks, labels, D]
 
@@ -170,6 +173,16 @@ class ZeroShotPipeline:
         self.use_label_cache = label_cache and self.config.uses_label_encoder
         self.label_cache_size = label_cache_size
         self._label_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        # per-call work done once: config lookups, validated label sets, token ids of the part after the text
+        self._arch = self.config.architecture_type
+        self._class_token = self.config.class_token_index
+        self._pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+        # rows whose ids fit the budget need no processor work but tensors (label vectors come from the cache)
+        self._direct_items = self._arch != "encoder-decoder" and (
+            self.use_label_cache or not self.config.uses_label_encoder
+        )
+        self._checked_labels: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+        self._sequences = _SequenceIds(processor.tokenizer, self._tokens)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -227,8 +240,13 @@ class ZeroShotPipeline:
             if return_hierarchy:
                 outputs.append(_nest(request.structure, dict(zip(request.labels, scores, strict=True)), self))
                 continue
-            ranked = sorted(range(len(scores)), key=lambda i: -scores[i])  # stable: ties keep input order
-            chosen = [i for i in ranked if scores[i] >= request.threshold] if multi else ranked[:1]
+            # stable sorts: ties keep input order; multi-label ranks only the labels over the threshold
+            if multi:
+                chosen = sorted(
+                    (i for i in range(len(scores)) if scores[i] >= request.threshold), key=lambda i: -scores[i]
+                )
+            else:
+                chosen = sorted(range(len(scores)), key=lambda i: -scores[i])[:1]
             outputs.append([{"label": request.labels[i], "score": scores[i]} for i in chosen])
         return outputs[0] if single else outputs
 
@@ -303,8 +321,11 @@ class ZeroShotPipeline:
         return rows
 
     def clear_label_cache(self) -> None:
-        """Forget cached bi-encoder label vectors (call after changing the model's weights)."""
+        """Forget cached bi-encoder label vectors (call after changing the model's weights), and the label sets and
+        label-block token ids remembered across calls (call after changing the processor's tokenizer)."""
         self._label_cache.clear()
+        self._checked_labels.clear()
+        self._sequences = _SequenceIds(self.processor.tokenizer, self._tokens)
 
     # ----------------------------------------------------------------- input checking
     def _requests(
@@ -327,7 +348,7 @@ class ZeroShotPipeline:
         flat = []
         for i, structure in enumerate(structures):
             try:
-                flat.append(check_labels(flatten_labels(structure, self.label_separator)))
+                flat.append(self._checked(structure))
             except (TypeError, ValueError) as error:
                 where = f"labels of text {i}" if is_per_text(labels) else "labels"
                 raise type(error)(f"{where}: {error}") from None
@@ -344,6 +365,21 @@ class ZeroShotPipeline:
             _Request(texts[i], flat[i], structures[i], prompts[i] or None, shots[i], thresholds[i]) for i in range(n)
         ]
         return requests, multi
+
+    def _checked(self, structure: Any) -> list[str]:
+        """The flat, validated labels of one text; a plain list of str is validated once per distinct label set."""
+        key = None
+        if isinstance(structure, list | tuple) and all(type(label) is str for label in structure):
+            key = tuple(structure)
+            if key in self._checked_labels:
+                self._checked_labels.move_to_end(key)
+                return list(key)
+        labels = check_labels(flatten_labels(structure, self.label_separator))
+        if key is not None:
+            self._checked_labels[key] = key
+            if len(self._checked_labels) > CALL_CACHE_SIZE:
+                self._checked_labels.popitem(last=False)
+        return labels
 
     def _per_text_labels(self, labels: Any, n: int) -> list[Any]:
         if labels is None:
@@ -375,15 +411,15 @@ class ZeroShotPipeline:
 
     def _plan(self, requests: list[_Request]) -> list[_Unit]:
         """Split every request into model rows that each fit the budget, measuring real token counts."""
-        strings = [self.processor.segments(r.text, r.labels, r.prompt, r.examples).string for r in requests]
-        encoded = self._tokens(strings)["input_ids"]
+        segments = [self.processor.segments(r.text, r.labels, r.prompt, r.examples) for r in requests]
+        encoded = self._sequences(segments)
         budget = self.processor.budget
         units = []
         for index, (request, ids) in enumerate(zip(requests, encoded, strict=True)):
             fits = len(ids) <= budget and (
                 self.max_labels_per_group is None or len(request.labels) <= self.max_labels_per_group
             )
-            if fits and self.config.architecture_type == "encoder-decoder":
+            if fits and self._arch == "encoder-decoder":
                 fits = self._decoder_length(request.labels, request.prompt) <= budget
             if fits:
                 units.append(_Unit(index, 0, 0, request.text, 0, request.labels, ids))
@@ -467,10 +503,16 @@ class ZeroShotPipeline:
         if not requests:
             return []
         units = self._plan(requests)
+        rows_of = [0] * len(requests)
         numtext_chunks = [0] * len(requests)
         for unit in units:
+            rows_of[unit.request] += 1
             numtext_chunks[unit.request] = max(numtext_chunks[unit.request], unit.chunk + 1)
-        results = [_Result(r.labels, torch.zeros(numtext_chunks[i], len(r.labels))) for i, r in enumerate(requests)]
+        # a text that is one model row reads its logits straight from the batch; split texts gather theirs
+        results = [
+            _Result(r.labels, torch.zeros(numtext_chunks[i], len(r.labels)) if rows_of[i] > 1 else None)
+            for i, r in enumerate(requests)
+        ]
         order = sorted(range(len(units)), key=lambda u: -units[u].length)  # similar lengths share a batch
         if self.use_label_cache:
             self._cache_labels({label for unit in units for label in unit.labels})
@@ -482,7 +524,10 @@ class ZeroShotPipeline:
                 for row, unit in enumerate(batch_units):
                     result = results[unit.request]
                     span = slice(unit.label_start, unit.label_start + len(unit.labels))
-                    result.logits[unit.chunk, span] = logits[row, : len(unit.labels)]
+                    if result.logits is None:
+                        result.logits = logits[row : row + 1, : len(unit.labels)]
+                    else:
+                        result.logits[unit.chunk, span] = logits[row, : len(unit.labels)]
                     if embeddings:
                         self._keep_embeddings(result, unit, out, row, span)
         return results
@@ -498,24 +543,39 @@ class ZeroShotPipeline:
         result.class_embeddings[unit.chunk, span] = classes
 
     def _forward(self, units: list[_Unit], requests: list[_Request]) -> Any:
-        items = self.processor.encode_batch(
-            [u.text for u in units],
-            [u.labels for u in units],
-            [r.prompt for r in requests],
-            [r.examples for r in requests],
-            label_ids=not self.use_label_cache,
-            token_ids=[u.ids for u in units],
-        )
+        batch = self._batch(units, requests)
         if self.use_label_cache:
-            batch = self.processor.collate(items, label_ids=False)
             vectors = [torch.stack([self._label_cache[label] for label in u.labels]) for u in units]
             batch["class_embeddings"] = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
-        else:
-            batch = self.processor.collate(items)
-        batch = {key: value.to(self.device) for key, value in batch.items()}
+        if self.device.type != "cpu":
+            batch = {key: value.to(self.device) for key, value in batch.items()}
         dtype = PRECISIONS[self.precision]
         with torch.autocast(device_type=self.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
             return self._runner(**batch)
+
+    def _batch(self, units: list[_Unit], requests: list[_Request]) -> dict[str, torch.Tensor]:
+        """The processor's `collate(encode_batch(...))` for the rows (without label-encoder ids when label vectors
+        come from the cache). Rows whose planned ids fit the budget and need nothing else are padded as they are:
+        their texts and labels were checked when the call came in."""
+        if not (self._direct_items and all(len(u.ids) <= self.processor.budget for u in units)):
+            items = self.processor.encode_batch(
+                [u.text for u in units],
+                [u.labels for u in units],
+                [r.prompt for r in requests],
+                [r.examples for r in requests],
+                label_ids=not self.use_label_cache,
+                token_ids=[u.ids for u in units],
+            )
+            return self.processor.collate(items, label_ids=not self.use_label_cache)
+        if self._arch != "bi-encoder":  # the processor's guard: one <<LABEL>> per label
+            for u in units:
+                found = u.ids.count(self._class_token)
+                if found != len(u.labels):
+                    raise ValueError(f"built {found} {LABEL_TOKEN} tokens for {len(u.labels)} labels")
+        batch = pad_ids([u.ids for u in units], self._pad)
+        counts = np.array([len(u.labels) for u in units])
+        batch["labels_mask"] = torch.from_numpy(np.arange(counts.max()) < counts[:, None])
+        return batch
 
     def _cache_labels(self, labels: set[str]) -> None:
         """Encode labels missing from the cache (bi-encoders: a label's vector does not depend on the text)."""
@@ -548,10 +608,93 @@ class ZeroShotPipeline:
         if how == "logit-mean":
             return activation(logits.mean(0)).tolist()
         probs = activation(logits)
+        if len(probs) == 1:  # one chunk: its max and its mean are itself
+            return probs[0].tolist()
         return (probs.max(0).values if how == "max" else probs.mean(0)).tolist()
 
 
 # --------------------------------------------------------------------- helpers
+_SEEN = "seen once"
+
+
+class _SequenceIds:
+    """Token ids of full input strings (special tokens added, untruncated), as the tokenizer gives them, with the
+    part after the text (label block, prompt, examples) tokenised once per distinct suffix instead of every call.
+
+    A text-first string `text + suffix` whose suffix starts with a GLiClass marker is cut by the tokenizer at that
+    added token, so its ids are [specials before] + ids(text) + ids(suffix) + [specials after]. The split is learnt
+    on the second call that sees a suffix (the first only tokenises the whole string as before, so label sets used
+    once cost nothing extra): the whole string's ids must equal the composition exactly, else the suffix is
+    marked and always tokenised whole. Only markers the tokenizer splits at without touching their neighbours
+    (not normalized, no lstrip/single_word) qualify.
+    """
+
+    def __init__(self, tokenizer: Any, tokens: Any) -> None:
+        self.tokens = tokens  # the pipeline's tokenizer call: the same one for whole strings and texts alone
+        self.cache: OrderedDict[str, Any] = OrderedDict()  # suffix -> _SEEN | None | (split, suffix ids)
+        self.specials: list[int] | None = None  # ids of the empty string: the tokenizer's own special tokens
+        added = getattr(tokenizer, "added_tokens_decoder", {})
+        self.markers = tuple(
+            token.content
+            for token in added.values()
+            if token.content in SPECIAL_TOKENS
+            and not (getattr(token, "normalized", True) or token.lstrip or token.single_word)
+        )
+
+    def __call__(self, segments: list[Segments]) -> list[list[int]]:
+        ids: list[list[int] | None] = [None] * len(segments)
+        known = [i for i, seg in enumerate(segments) if not seg.prefix and self._learnt(seg.suffix)]
+        if known:
+            texts = self.tokens([segments[i].text for i in known], special=False)["input_ids"]
+            for i, text_ids in zip(known, texts, strict=True):
+                split, suffix_ids = self.cache[segments[i].suffix]
+                ids[i] = self.specials[:split] + text_ids + suffix_ids + self.specials[split:]
+        rest = [i for i in range(len(segments)) if ids[i] is None]
+        if rest:
+            for i, row in zip(rest, self.tokens([segments[i].string for i in rest])["input_ids"], strict=True):
+                ids[i] = row
+                self._learn(segments[i], row)
+        return ids
+
+    def _learnt(self, suffix: str) -> bool:
+        entry = self.cache.get(suffix)
+        if isinstance(entry, tuple):
+            self.cache.move_to_end(suffix)
+            return True
+        return False
+
+    def _learn(self, seg: Segments, row: list[int]) -> None:
+        if seg.prefix or not seg.suffix.startswith(self.markers):
+            return
+        entry = self.cache.get(seg.suffix)
+        if entry is None and seg.suffix in self.cache:  # marked: not composable
+            return
+        if entry is None:  # first sight
+            self._store(seg.suffix, _SEEN)
+            return
+        if self.specials is None:
+            self.specials = self.tokens([""])["input_ids"][0]
+        text_ids = self.tokens([seg.text], special=False)["input_ids"][0]
+        self._store(seg.suffix, self._split(row, text_ids) if text_ids else _SEEN)
+
+    def _split(self, row: list[int], text_ids: list[int]) -> tuple[int, list[int]] | None:
+        """(k, suffix ids) with row == specials[:k] + text_ids + suffix ids + specials[k:] for exactly one k, or
+        None (no such split, or an ambiguous one)."""
+        specials, n = self.specials, len(text_ids)
+        splits = []
+        for k in range(len(specials) + 1):
+            end = len(row) - (len(specials) - k)
+            if end >= k + n and row[:k] == specials[:k] and row[k : k + n] == text_ids and row[end:] == specials[k:]:
+                splits.append((k, row[k + n : end]))
+        return splits[0] if len(splits) == 1 else None
+
+    def _store(self, suffix: str, entry: Any) -> None:
+        self.cache[suffix] = entry
+        self.cache.move_to_end(suffix)
+        if len(self.cache) > CALL_CACHE_SIZE:
+            self.cache.popitem(last=False)
+
+
 def missing_cpp_compiler() -> str | None:
     """Why torch.compile cannot build CPU kernels here (no C++ compiler found), or None when it can."""
     from torch._inductor.cpp_builder import get_cpp_compiler

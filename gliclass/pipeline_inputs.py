@@ -51,7 +51,8 @@ def is_per_text(labels: Any) -> bool:
     """A list whose items are lists or dicts holds one label set per text."""
     if isinstance(labels, str | Mapping) or not isinstance(labels, Sequence) or not labels:
         return False
-    kinds = {isinstance(item, Mapping) or (isinstance(item, Sequence) and not isinstance(item, str)) for item in labels}
+    # the str test first: it is a plain type check, the Mapping/Sequence ones are slow ABC checks (hot per call)
+    kinds = {not isinstance(item, str) and isinstance(item, Mapping | Sequence) for item in labels}
     if kinds == {True, False}:
         raise TypeError("labels mixes strings and lists: give one list of str, or one list per text")
     return kinds == {True}

@@ -7,6 +7,8 @@ Unlike the official pipeline, a sequence over the length budget loses text, neve
 token boundary found from the tokenizer's character offsets, and the whole string is tokenised again, so inputs
 that fit are token-for-token identical to the official ones. Labels (with prompt and examples) that leave the text
 fewer than `min_text_tokens` tokens (or fewer than all of a shorter text's tokens) raise `LabelBudgetError`.
+A text, label, prompt or example that contains a reserved token (`<<LABEL>>`, `<<SEP>>`, `<<EXAMPLE>>`) raises
+`ReservedTokenError`, naming the token.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
@@ -31,6 +34,39 @@ class LabelBudgetError(ValueError):
     `GLiClassProcessor.min_text_tokens`)."""
 
 
+class ReservedTokenError(ValueError):
+    """A text, label, prompt or few-shot example contains `<<LABEL>>`, `<<SEP>>` or `<<EXAMPLE>>`: the tokenizer
+    would read it as the marker itself and shift the label slots and segment boundaries the model relies on."""
+
+
+def check_reserved(value: str, what: str) -> str:
+    """`value` unchanged, or `ReservedTokenError` naming the first reserved token found in it."""
+    for token in SPECIAL_TOKENS:
+        if token in value:
+            raise ReservedTokenError(
+                f"{what} contains the reserved token {token!r} (GLiClass marks labels, the separator and examples "
+                f"with {list(SPECIAL_TOKENS)}); remove or rewrite it"
+            )
+    return value
+
+
+# Backbones whose position ids start after the padding id (`padding_idx + 1`, fairseq style): the first
+# `pad_token_id + 1` rows of the position table are never used, so RoBERTa/XLM-R's 514 positions hold 512 tokens.
+PADDING_OFFSET_POSITIONS = (
+    "roberta",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "roberta-prelayernorm",
+    "camembert",
+    "data2vec-text",
+    "longformer",
+    "mpnet",
+    "ibert",
+    "luke",
+    "xmod",
+)
+
+
 def backbone_position_limit(config: Any) -> int | None:
     """Longest sequence the backbone can embed, or None when it has no absolute positions (T5, DeBERTa-v3)."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -38,7 +74,10 @@ def backbone_position_limit(config: Any) -> int | None:
         return None
     if config.model_type == "deberta-v2" and not getattr(config, "position_biased_input", True):
         return None
-    return getattr(config, "max_position_embeddings", None)
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is not None and config.model_type in PADDING_OFFSET_POSITIONS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
 
 
 def check_text(text: Any, what: str = "text") -> str:
@@ -46,7 +85,7 @@ def check_text(text: Any, what: str = "text") -> str:
         raise TypeError(f"{what} must be a str, got {type(text).__name__}")
     if text == "":
         raise ValueError(f"{what} is empty")
-    return text
+    return check_reserved(text, what)
 
 
 def check_labels(labels: Any) -> list[str]:
@@ -60,8 +99,7 @@ def check_labels(labels: Any) -> list[str]:
             raise TypeError(f"every label must be a str, got {type(label).__name__}: {label!r}")
         if not label.strip():
             raise ValueError("a label is empty or whitespace")
-        if any(token in label for token in SPECIAL_TOKENS):
-            raise ValueError(f"label {label!r} contains a reserved token {SPECIAL_TOKENS}")
+        check_reserved(label, f"label {label!r}")
     seen: set[str] = set()
     duplicates = sorted({label for label in labels if label in seen or seen.add(label)})
     if duplicates:
@@ -74,11 +112,13 @@ def format_examples(examples: Sequence[Mapping[str, Any]] | None) -> str:
     if not examples:
         return ""
     parts = []
-    for example in examples:
+    for i, example in enumerate(examples):
         if not isinstance(example, Mapping) or "text" not in example:
             raise ValueError(f"a few-shot example must be a dict with 'text' and 'labels', got {example!r}")
         labels = example.get("labels", example.get("true_labels", []))
         labels = ", ".join(labels) if isinstance(labels, list) else str(labels)
+        check_reserved(str(example["text"]), f"few-shot example {i} text")
+        check_reserved(labels, f"few-shot example {i} labels")
         parts.append(f"{EXAMPLE_TOKEN}{example['text']} \nLabels:\n {labels}")
     return "".join(parts) + SEP_TOKEN
 
@@ -186,6 +226,8 @@ class GLiClassProcessor:
         self, text: str, labels: Sequence[str], prompt: str | None = None, examples: Sequence[Mapping] | None = None
     ) -> Segments:
         """The text-encoder input string, split around the text."""
+        if prompt:
+            check_reserved(prompt, "the prompt")
         arch = self.config.architecture_type
         shots = format_examples(examples)
         if arch == "uni-encoder":
@@ -356,12 +398,13 @@ class GLiClassProcessor:
 def pad_ids(rows: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]:
     """Right-pad token id lists -> `input_ids` and `attention_mask` tensors."""
     width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    # filled in numpy: a list of ints converts several times faster there than through torch.tensor (hot per call)
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        ids[i, : len(row)] = row
         mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def add_special_tokens(tokenizer: PreTrainedTokenizerBase) -> list[int]:

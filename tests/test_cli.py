@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from gliclass import cli
+from gliclass import GLiClassModel, cli
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,28 @@ def test_predict_multi_label_threshold_and_all_scores(capsys, model_dir):
     assert code == 0 and len(rows[0]["predictions"]) == 3 and list(rows[0]["scores"]) == ["food", "service", "music"]
     scores = [p["score"] for p in rows[0]["predictions"]]
     assert scores == sorted(scores, reverse=True)
+    assert rows[0]["scores"] == {p["label"]: p["score"] for p in rows[0]["predictions"]}
+
+
+def test_predict_threshold_one_keeps_exactly_the_saturated_labels(capsys, model_dir, monkeypatch):
+    """--threshold 1 keeps the labels that score exactly 1.0 and drops the rest (logits +100, 0, -100, +100)."""
+    forward = GLiClassModel.forward
+
+    def saturated(self, *args, **kwargs):
+        out = forward(self, *args, **kwargs)
+        num = out.logits.shape[1]
+        out.logits = torch.tensor([100.0, 0.0, -100.0]).repeat(num)[:num].expand_as(out.logits).clone()
+        return out
+
+    monkeypatch.setattr(GLiClassModel, "forward", saturated)
+    args = ["predict", "--model", model_dir, "--labels", "food,service,music,price", "--multi-label"]
+    code, rows, _ = run(capsys, *args, "--all-scores", "--threshold", "0", "the food was bad")
+    assert code == 0 and [rows[0]["scores"][k] for k in ("food", "service", "price")] == [1.0, 0.5, 1.0]
+    assert rows[0]["scores"]["music"] < 1e-30
     code, rows, _ = run(capsys, *args, "--threshold", "1", "the food was bad")
-    assert code == 0 and all(p["score"] >= 1.0 for p in rows[0]["predictions"])
+    assert code == 0 and rows[0]["predictions"] == [{"label": "food", "score": 1.0}, {"label": "price", "score": 1.0}]
+    code, rows, _ = run(capsys, *args, "--threshold", "0.5", "the food was bad")
+    assert code == 0 and [p["label"] for p in rows[0]["predictions"]] == ["food", "price", "service"]
 
 
 def test_predict_long_text_truncate_in_bf16_matches_the_pipeline(capsys, model_dir):

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from gliclass import GLiClassModel, GLiClassProcessor
 from gliclass.evaluation import few_shot, zero_shot
 from gliclass.evaluation.data import (
     classification_datasets,
@@ -166,23 +168,92 @@ def tiny_dir(tmp_path: Path, make_tiny) -> Path:
     return out
 
 
+def direct_metrics(model_dir: Path, eval_set, model=None) -> dict:
+    """Our model on one text at a time (no pipeline, no padding), with macro-F1 and accuracy counted by hand."""
+    model = model or GLiClassModel.from_pretrained(model_dir).eval()
+    processor = GLiClassProcessor.from_pretrained(model_dir)
+    names, multi = eval_set.label_names, eval_set.multi_label
+    rows = []
+    with torch.inference_mode():
+        for text in eval_set.texts:
+            logits = model(**processor([text], [names])).logits[0, : len(names)]
+            rows.append((torch.sigmoid(logits) if multi else torch.softmax(logits, -1)).tolist())
+    scores = np.array(rows)
+    if multi:
+        picked = [{n for n, s in zip(names, row, strict=True) if s >= 0.5} for row in scores]
+    else:
+        picked = [{names[int(np.argmax(row))]} for row in scores]
+    truth = [set(row) for row in eval_set.labels]
+    f1 = []
+    for name in names:  # sklearn's label set: labels true or predicted at least once
+        tp = sum(name in p and name in t for p, t in zip(picked, truth, strict=True))
+        fp = sum(name in p and name not in t for p, t in zip(picked, truth, strict=True))
+        fn = sum(name not in p and name in t for p, t in zip(picked, truth, strict=True))
+        if tp + fp + fn:
+            f1.append(2 * tp / (2 * tp + fp + fn))
+    return {
+        "macro_f1": sum(f1) / len(f1) if f1 else 0.0,
+        "ece": expected_calibration_error(scores, indicator(eval_set.labels, names), multi),  # checked by hand above
+        "accuracy": sum(p == t for p, t in zip(picked, truth, strict=True)) / len(truth),
+        "n": len(truth),
+        "scores": scores,
+    }
+
+
+def assert_metrics(reported: dict, direct: dict) -> None:
+    assert reported["n"] == direct["n"]
+    for key in ("macro_f1", "accuracy", "ece"):
+        assert reported[key] == pytest.approx(direct[key], abs=1e-5), key
+
+
 def test_zero_shot_end_to_end(tiny_dir: Path, data_dir: Path, tmp_path: Path):
-    out = tmp_path / "out"
+    """Every reported number equals our model's own scores on the same seeded rows; the run is deterministic and
+    its JSON and Markdown hold those numbers."""
     argv = ["--model", str(tiny_dir), "--data-dir", str(data_dir), "--systems", "ours,cross-encoder"]
-    result = zero_shot.main([*argv, "--limit", "4", "--out", str(out), "--cross-snli-pairs", "4", "--threads", "1"])
+    argv += ["--limit", "4", "--cross-snli-pairs", "4", "--threads", "1"]
+    result = zero_shot.main([*argv, "--out", str(tmp_path / "out")])
     assert [d["name"] for d in result["datasets"]] == ["emo", "senti"]
-    assert set(result["datasets"][0]["results"]) == {"ours", "cross-encoder"}
     assert "SNLI, 4 pairs" in result["systems"]["cross-encoder"]
-    assert (out / "zero_shot.json").exists()
-    assert "| AVERAGE (test splits) |" in (out / "zero_shot.md").read_text()
+    for entry in result["datasets"]:
+        eval_set = load_eval_set(entry["name"], data_dir, limit=4, seed=0)
+        assert (entry["split"], entry["n"], entry["multi_label"]) == (eval_set.split, 4, eval_set.multi_label)
+        assert set(entry["results"]) == {"ours", "cross-encoder"}
+        assert_metrics(entry["results"]["ours"], direct_metrics(tiny_dir, eval_set))
+        assert entry["results"]["cross-encoder"]["n"] == 4
+    # seeded end to end (the stratified rows, the cross-encoder's SNLI fine-tune): a second run reports the same
+    again = zero_shot.main([*argv, "--out", str(tmp_path / "again")])
+    assert again["datasets"] == result["datasets"]
+    assert json.loads((tmp_path / "out" / "zero_shot.json").read_text())["datasets"] == result["datasets"]
+    markdown = (tmp_path / "out" / "zero_shot.md").read_text().splitlines()
+    emo, senti = result["datasets"]
+    cells = [senti["results"][s][k] for k in ("macro_f1", "ece") for s in ("ours", "cross-encoder")]
+    assert "| senti | test | 4 | " + " | ".join(f"{v:.4f}" for v in cells) + " |" in markdown
+    # emo has no test split (scored on train): the test-split average is senti's row alone
+    assert any(line.startswith("| emo (multi-label) | train | 4 |") for line in markdown)
+    assert "| AVERAGE (test splits) |  | 4 | " + " | ".join(f"{v:.4f}" for v in cells) + " |" in markdown
 
 
 def test_few_shot_end_to_end(tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    """The zero-shot and few-shot numbers equal our model's own scores before and after the same seeded fine-tune
+    on 2 shots per label; the fine-tune moved the scores."""
     argv = ["--model", str(tiny_dir), "--data-dir", str(data_dir), "--datasets", "senti", "--shots", "2"]
-    result = few_shot.main([*argv, "--epochs", "1", "--out", str(tmp_path / "out"), "--threads", "1"])
+    argv += ["--epochs", "1", "--threads", "1"]
+    result = few_shot.main([*argv, "--out", str(tmp_path / "out")])
     (row,) = result["datasets"]
     assert row["n_train"] == 4 and row["n_test"] == 6
-    assert 0.0 <= row["few_shot"]["macro_f1"] <= 1.0
+    test = load_eval_set("senti", data_dir, split="test")
+    before = direct_metrics(tiny_dir, test)
+    assert_metrics(row["zero_shot"], before)
+
+    train = load_eval_set("senti", data_dir, split="train")
+    shots = few_shot.shot_examples(train, 2, seed=0)
+    assert sorted(label for e in shots for label in e.true_labels) == ["negative", "negative", "positive", "positive"]
+    model = GLiClassModel.from_pretrained(tiny_dir).eval()
+    losses = few_shot.fine_tune(model, GLiClassProcessor.from_pretrained(tiny_dir), shots, few_shot.parse_args(argv))
+    assert len(losses) == 1 and (row["first_loss"], row["last_loss"]) == (losses[0], losses[-1])  # one batch of 4
+    after = direct_metrics(tiny_dir, test, model=model)
+    assert_metrics(row["few_shot"], after)
+    assert np.abs(after["scores"] - before["scores"]).max() > 1e-6  # the fine-tune changed the model
     with pytest.raises(SystemExit):
         few_shot.select_datasets(data_dir, "emo")  # no test split
 

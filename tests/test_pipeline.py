@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import re
+import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,8 +14,10 @@ from conftest import TINY_BACKBONES, needs_cpp_compiler, tiny_model, tiny_tokeni
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import gliclass
 from gliclass import build_model
 from gliclass.pipeline import ZeroShotPipeline
+from gliclass.processing import LabelBudgetError, ReservedTokenError, check_text
 
 # words of the tiny vocabulary: one WordPiece token each, so token windows are word windows
 SENTENCE = (
@@ -62,7 +68,32 @@ def test_multi_label_output_is_sorted_and_thresholded(pipe):
     assert [p["label"] for p in out] == sorted((k for k in scores if scores[k] >= 0.3), key=lambda k: -scores[k])
     assert all(math.isclose(p["score"], scores[p["label"]]) for p in out)
     assert pipe("good movie", LABELS, threshold=0.0).__len__() == 3
-    assert pipe("good movie", LABELS, threshold=1.0) == [p for p in out if p["score"] >= 1.0]
+
+
+def test_threshold_one_keeps_exactly_the_saturated_scores(uni):
+    """threshold=1.0 keeps the labels that score exactly 1.0 (a saturated sigmoid), and only those."""
+    model, processor = uni
+
+    class Saturated(torch.nn.Module):
+        """Logits +100, 0, -100, ...: scores exactly 1.0, 0.5 and 0.0 in the order of the labels."""
+
+        config = model.config
+
+        def forward(self, input_ids, attention_mask, labels_mask, **_):
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels_mask=labels_mask)
+            levels = torch.tensor([100.0, 0.0, -100.0]).repeat(out.logits.shape[1])[: out.logits.shape[1]]
+            out.logits = levels.expand_as(out.logits).clone()
+            return out
+
+    pipe = ZeroShotPipeline(Saturated(), processor)
+    labels = ["neutral", "positive", "negative", "sad"]
+    assert pipe.scores("good movie", labels)[0] == {"neutral": 1.0, "positive": 0.5, "negative": 0.0, "sad": 1.0}
+    assert pipe("good movie", labels, threshold=1.0) == [
+        {"label": "neutral", "score": 1.0},
+        {"label": "sad", "score": 1.0},
+    ]
+    assert [p["label"] for p in pipe("good movie", labels, threshold=0.5)] == ["neutral", "sad", "positive"]
+    assert [p["label"] for p in pipe("good movie", labels, threshold=0.0)] == ["neutral", "sad", "positive", "negative"]
 
 
 def test_single_label_softmax_and_top1(pipe):
@@ -150,9 +181,18 @@ def test_logits_output_shapes(pipe):
 
 
 @pytest.mark.parametrize("text", ["   ", "\n\t", "😀🎉 emoji only", "naïve café — ünïcödé ✓", "a" * 3])
-def test_whitespace_and_unicode_texts_work(pipe, text):
+def test_whitespace_and_unicode_texts_work(pipe, uni, text):
+    """Scored like any text: the sigmoid of the model's logits on the row that holds exactly the text's tokens
+    (none for whitespace), alone or padded beside a longer text."""
+    model, processor = uni
     scores = pipe.scores(text, LABELS)[0]
-    assert list(scores) == LABELS and all(0.0 <= s <= 1.0 for s in scores.values())
+    assert list(scores) == LABELS
+    assert list(scores.values()) == pytest.approx(torch.sigmoid(direct_logits(model, processor, text, LABELS)).tolist())
+    tokens = processor.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert (tokens == []) == (text.strip() == "")
+    row = processor([text], [LABELS])["input_ids"][0].tolist()
+    assert row[1 : 1 + len(tokens) + 1] == [*tokens, model.config.class_token_index]  # text, then the label block
+    assert pipe.scores([" ".join(WORDS[:12]), text], LABELS)[1] == pytest.approx(scores, abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- long texts
@@ -285,6 +325,23 @@ def test_compiled_pipeline_equals_eager(uni):
             assert list(mine.values()) == pytest.approx(list(theirs.values()), abs=1e-5)
 
 
+def test_compiled_pipeline_equals_eager_fast(uni, monkeypatch):
+    """The fast variant of the test above, in `make test`: the same compile path (`compile=True`: dynamic shapes,
+    the freezing patch, the pipeline's runner) with dynamo's eager backend instead of inductor's C++ kernels (a
+    minute or more to build on a CPU), on one padded batch: exactly the eager scores."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    counts = torch._dynamo.utils.counters
+    counts.clear()
+    try:
+        compiled = ZeroShotPipeline(*uni, batch_size=4, compile=True)
+        texts, labels = ["good movie", " ".join(WORDS[:20])], [*LABELS, "sports"]
+        assert compiled.scores(texts, labels) == ZeroShotPipeline(*uni, batch_size=4).scores(texts, labels)
+        assert counts["stats"]["unique_graphs"] >= 1  # the model really ran through dynamo
+    finally:
+        torch._dynamo.reset()
+
+
 def test_thousand_labels_on_a_512_position_backbone():
     torch.manual_seed(0)
     backbone = {**TINY_BACKBONES["bert"], "max_position_embeddings": 512}
@@ -406,6 +463,64 @@ def test_a_label_longer_than_the_budget_is_named(pipe):
         pipe("good movie", ["positive", " ".join(WORDS * 2)])
 
 
+# the pipeline's own rejections of bad arguments (gliclass/pipeline.py, pipeline_inputs.py, processing.py); any
+# other ValueError/TypeError (from torch, the tokenizer, an unchecked index) is a bug the fuzz test must report
+NAMED_ERRORS = [
+    (TypeError, r"^texts must be a str or a list of str, got \w+$"),
+    (TypeError, r"^text \d+ must be a str, got \w+$"),
+    (ValueError, r"^text \d+ is empty$"),
+    (TypeError, r"^labels must be a list of str, a list per text, or a dict; got \w+$"),
+    (TypeError, r"^labels must be a list of str, not a str \(.*\); pass \[.*\]$"),
+    (TypeError, r"^labels mixes strings and lists: give one list of str, or one list per text$"),
+    (ValueError, r"^the label list is empty$"),
+    (ValueError, r"^got \d+ texts but \d+ label lists \(one list per text, or one for all\)$"),
+    (TypeError, r"^(labels|labels of text \d+): labels must be a list of str, got \w+$"),
+    (TypeError, r"^(labels|labels of text \d+): every label must be a str, got \w+: .*$"),
+    (TypeError, r"^(labels|labels of text \d+): label dict keys must be str, got \w+: .*$"),
+    (ValueError, r"^(labels|labels of text \d+): the label list is empty$"),
+    (ValueError, r"^(labels|labels of text \d+): the label dict( under .*)? is empty$"),
+    (ValueError, r"^(labels|labels of text \d+): the label list under .* is empty$"),
+    (ValueError, r"^(labels|labels of text \d+): a label is empty or whitespace$"),
+    (ValueError, r"^(labels|labels of text \d+): duplicate labels: \[.*\]$"),
+    (TypeError, r"^threshold must be a number in \[0, 1\], got \w+: .*$"),
+    (ValueError, r"^threshold must be in \[0, 1\], got .*$"),
+    (ValueError, r"^got \d+ texts but \d+ values of threshold \(give one value, or one per text\)$"),
+    (TypeError, r"^multi_label must be True or False, got .*$"),
+]
+PROJECT_ERRORS = (LabelBudgetError, ReservedTokenError)  # the project's own classes, whatever their message
+GLICLASS_DIR = Path(gliclass.__file__).resolve().parent
+
+
+def assert_named_error(error: Exception) -> None:
+    """`error` is one of the pipeline's own rejections: raised in gliclass code, with a message it writes."""
+    frames = traceback.extract_tb(error.__traceback__)
+    origin = Path(frames[-1].filename).resolve()
+    assert origin.is_relative_to(GLICLASS_DIR), f"{type(error).__name__} raised outside gliclass ({origin}): {error}"
+    if isinstance(error, PROJECT_ERRORS):
+        assert str(error)
+        return
+    message = str(error)
+    known = [pattern for kind, pattern in NAMED_ERRORS if type(error) is kind and re.search(pattern, message, re.S)]
+    assert known, f"not one of the pipeline's named errors: {type(error).__name__}: {message}"
+
+
+def test_named_errors_accept_the_project_messages_only(pipe):
+    """The fuzz test's filter: the pipeline's rejections pass it; errors from torch or other messages do not."""
+    for call in (dict(texts=None), dict(labels=["a", "a"]), dict(threshold=2.0), dict(labels=["<<SEP>>"])):
+        call = {"texts": "good movie", "labels": LABELS, **call}
+        with pytest.raises((TypeError, ValueError)) as caught:
+            pipe(call.pop("texts"), call.pop("labels"), **call)
+        assert_named_error(caught.value)
+    with pytest.raises(ValueError) as caught:  # a ValueError from inside torch
+        torch.nn.functional.cross_entropy(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+    with pytest.raises(AssertionError, match="outside gliclass"):
+        assert_named_error(caught.value)
+    with pytest.raises(TypeError) as caught:  # raised in gliclass, but not a message the pipeline writes
+        check_text(None, "something else")
+    with pytest.raises(AssertionError, match="named errors"):
+        assert_named_error(caught.value)
+
+
 text_strategy = st.one_of(st.text(max_size=80), st.none(), st.integers(), st.just("   "), st.just("😀 good"))
 label_strategy = st.one_of(
     st.lists(st.one_of(st.text(max_size=12), st.integers(), st.none()), max_size=6),
@@ -426,7 +541,7 @@ def test_fuzz_only_named_errors(pipe, texts, labels, threshold, multi_label):
     try:
         out = pipe(texts, labels, threshold=threshold, multi_label=multi_label)
     except (ValueError, TypeError) as error:
-        assert str(error)  # every rejection says what was wrong
+        assert_named_error(error)
         return
     assert isinstance(out, list)
     rows = [out] if isinstance(texts, str) else out

@@ -189,14 +189,40 @@ def test_training_step_logs_every_term():
     assert all(math.isfinite(v) for v in collect.history[-1].values())
 
 
-def test_partially_annotated_labels_get_no_gradient():
+@pytest.mark.parametrize(
+    "ppo",
+    [{}, {"kl_beta": 0.1, "entropy_beta": 0.05, "focal_alpha": 0.7, "focal_gamma": 2.0, "label_smoothing": 0.1}],
+    ids=["plain", "every-term"],
+)
+def test_partially_annotated_labels_get_no_gradient(ppo):
+    """The loss gradient reaching the logits is exactly zero in an unannotated label's slots, at every update, and
+    nonzero in the annotated ones; the update stays finite."""
     model, processor = tiny_model()
     batch = rule_batch(processor)
     batch["targets"][:, 1] = float("nan")  # "music" is never annotated
-    module = make_module(model, value_model=False)
+    batch["targets"][0, 2] = -1.0  # nor is "weather" in the first text (negative = unknown)
+    module = make_module(model, value_model=True, ppo=ppo)  # built first: the KL reference copies the plain model
+    grads: list[torch.Tensor] = []
+    forward = model.forward
+
+    def spy(**inputs):  # records d(loss)/d(logits) of every forward that takes part in an update
+        output = forward(**inputs)
+        if output.logits.requires_grad:
+            output.logits.register_hook(lambda grad: grads.append(grad.detach().clone()))
+        return output
+
+    model.forward = spy
     fit(module, batch, 1)
-    logits = model.eval()(**model_inputs(batch)).logits
-    assert torch.isfinite(logits).all()
+    assert (module.skipped.seen, module.skipped.skipped) == (1, 0)
+    assert len(grads) == PPOSettings().num_rl_iters  # one policy backward per update
+    unknown = torch.zeros_like(batch["targets"], dtype=torch.bool)
+    unknown[:, 1] = unknown[0, 2] = True
+    for grad in grads:
+        assert torch.isfinite(grad).all()
+        assert (grad[unknown] == 0).all(), grad
+        assert (grad[~unknown] != 0).sum() >= (~unknown).sum() // 2  # the annotated slots do learn
+    del model.forward
+    assert torch.isfinite(model.eval()(**model_inputs(batch)).logits).all()
 
 
 def test_value_head_trains_frozen_encoder_side():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -18,6 +20,7 @@ from lightning.pytorch import Callback
 from omegaconf import DictConfig, open_dict
 
 from gliclass import GLiClassModel, GLiClassProcessor
+from gliclass.training.module import model_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -48,14 +51,63 @@ def tiny_backbone_for(tmp_path: Path, experiment: str) -> str:
     return "backbone=tiny_t5" if arch == "encoder-decoder" else "backbone=tiny_deberta"
 
 
+KEPT: dict[str, Any] = {}
+
+
+class KeepTested(Callback):
+    """Keeps the module and data module of the last test loop: the model the run exports, as it was tested."""
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        KEPT.update(module=pl_module, datamodule=trainer.datamodule)
+
+
+def first_batch_f1(module: L.LightningModule, datamodule: L.LightningDataModule) -> dict[str, float]:
+    """Macro-F1 of each eval set's first test batch (all that a fast_dev_run tests), decided and counted by hand."""
+    model, threshold = module.model.eval(), module.hparams.threshold
+    f1 = {}
+    for (name, multi), loader in zip(module.eval_datasets, datamodule.test_dataloader(), strict=True):
+        batch = next(iter(loader))
+        with torch.no_grad():
+            logits = model(**model_inputs(batch)).logits
+        counts: dict[str, list[int]] = {}
+        for i, names in enumerate(batch["label_names"]):
+            slots = batch["labels_mask"][i].nonzero().flatten().tolist()
+            best = max(slots, key=lambda s: logits[i, s].item())
+            for s in slots:
+                picked = torch.sigmoid(logits[i, s]).item() >= threshold if multi else s == best
+                truth = batch["targets"][i, s].item() >= 0.5
+                tp_fp_fn = counts.setdefault(names[s], [0, 0, 0])
+                tp_fp_fn[0] += picked and truth
+                tp_fp_fn[1] += picked and not truth
+                tp_fp_fn[2] += truth and not picked
+        per_label = [2 * tp / (2 * tp + fp + fn) for tp, fp, fn in counts.values() if tp + fp + fn]
+        f1[name] = sum(per_label) / len(per_label) if per_label else 0.0
+    return f1
+
+
 @pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
 def test_fast_dev_run(tmp_path, experiment):
+    """One batch of train, validation and test per stage; the test numbers are those of the model it exports."""
     overrides = ["debug=fdr", "data=tiny", "backbone=tiny_deberta"]
     if experiment is not None:
         overrides = [f"experiment={experiment}", *overrides[:2], tiny_backbone_for(tmp_path, experiment)]
-    metrics = run.train(compose_train(tmp_path, overrides))
-    assert torch.isfinite(torch.tensor(metrics["train/loss_epoch"]))
-    assert {"val/f1_macro_best", "test/f1_macro", "test/sst2/f1_macro"} <= set(metrics)
+    cfg = compose_train(tmp_path, overrides)
+    with open_dict(cfg):
+        cfg.callbacks = {"keep": {"_target_": f"{__name__}.KeepTested"}}
+    KEPT.clear()
+    metrics = run.train(cfg)
+    stages = [f"{stage}/" for stage in cfg.get("stages") or {}] or [""]
+    for stage in stages:
+        assert metrics[f"{stage}perf/train_steps"] == 1, stage  # exactly one training batch
+        assert torch.isfinite(torch.tensor(metrics[f"{stage}train/loss_epoch"])), stage
+        assert metrics[f"{stage}train/loss_epoch"] == pytest.approx(metrics[f"{stage}train/loss_step"]), stage
+        assert metrics[f"{stage}val/f1_macro_best"] == metrics[f"{stage}val/f1_macro"], stage  # one validation
+    # the last stage's test loop: every eval set, its F1 recomputed from the tested model, and their mean
+    f1 = first_batch_f1(KEPT.pop("module"), KEPT.pop("datamodule"))
+    assert set(f1) == {"sst2", "go_emotions"}
+    for name, value in f1.items():
+        assert metrics[f"test/{name}/f1_macro"] == pytest.approx(value, abs=1e-6), name
+    assert metrics["test/f1_macro"] == pytest.approx(sum(f1.values()) / len(f1), abs=1e-6)
 
 
 def test_short_run_logs_checkpoints_and_exports(tmp_path):
@@ -126,42 +178,50 @@ class Killed(Exception):
 
 
 class KillAtStep(Callback):
-    """Dies at the start of a step, after the previous step's checkpoint was written: a preempted job."""
+    """Dies where a preempted job may: at the start of a step, after the previous step's checkpoint was written, or
+    (`in_validation`) at the start of the validation that follows the step-`step` checkpoint."""
 
-    def __init__(self, step: int) -> None:
-        self.step = step
+    def __init__(self, step: int, in_validation: bool = False) -> None:
+        self.step, self.in_validation = step, in_validation
 
     def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
+        if not self.in_validation and trainer.global_step == self.step:
             raise Killed(f"killed at step {self.step}")
 
+    def on_validation_start(self, trainer: L.Trainer, *args) -> None:
+        if self.in_validation and trainer.global_step == self.step and not trainer.sanity_checking:
+            raise Killed(f"killed in the validation after step {self.step}")
 
-def resumable_run(tmp_path: Path, overrides: list[str], kill_at: int | None = None):
+
+def resumable_run(tmp_path: Path, overrides: list[str], kill: dict | None = None):
     # the real GLiClassDataModule: its training loader checkpoints its position (gliclass/data/resumable.py)
-    # head_init=random: with the identity head, the kill at step 8 (the end of epoch 1) exposes a gap left open here:
-    # the step-8 checkpoint is written before epoch 1's validation, which the resumed run then skips, so
-    # val/f1_macro_best misses that epoch when it was the best (it was not, with the random head)
-    cfg = compose_train(
-        tmp_path,
-        ["backbone=tiny_bert", "data=tiny", "eval_untrained=false", "logger=csv", "model.head_init=random", *overrides],
-    )
+    cfg = compose_train(tmp_path, ["backbone=tiny_bert", "data=tiny", "eval_untrained=false", "logger=csv", *overrides])
     with open_dict(cfg):
         cfg.callbacks.model_checkpoint.every_n_train_steps = 1
-        if kill_at is not None:
-            cfg.callbacks.kill = {"_target_": f"{__name__}.KillAtStep", "step": kill_at}
+        if kill is not None:
+            cfg.callbacks.kill = {"_target_": f"{__name__}.KillAtStep", **kill}
     return run.train(cfg)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("kill_at", [5, 8, 11])  # mid-epoch, at the end of epoch 1, mid-epoch after a resumed epoch
-def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path, kill_at):
-    steps = ["trainer.max_epochs=2"]  # data=tiny: 30 training rows, batch 4: 8 batches per epoch, 16 steps
+def validations(run_dir: Path, version: int) -> list[tuple[int, float]]:
+    """(logged step, val/f1_macro) of every validation a run logged (logger=csv)."""
+    with open(run_dir / "csv" / f"version_{version}" / "metrics.csv") as f:
+        return [(int(row["step"]), float(row["val/f1_macro"])) for row in csv.DictReader(f) if row["val/f1_macro"]]
+
+
+def assert_resumed_ends_like_unbroken(tmp_path: Path, steps: list[str], kill: dict) -> None:
     unbroken = resumable_run(tmp_path / "unbroken", steps)
     with pytest.raises(Killed):
-        resumable_run(tmp_path / "resumed", steps, kill_at=kill_at)
+        resumable_run(tmp_path / "resumed", steps, kill=kill)
     resumed = resumable_run(tmp_path / "resumed", [*steps, "ckpt_path=last"])
+    # every validation after the checkpoint (at step kill["step"], logged one lower) runs again, with the same result
+    expected = [(step, f1) for step, f1 in validations(tmp_path / "unbroken", 0) if step >= kill["step"] - 1]
+    replayed = validations(tmp_path / "resumed", 1)
+    assert expected and [step for step, _ in replayed] == [step for step, _ in expected]
+    assert [f1 for _, f1 in replayed] == pytest.approx([f1 for _, f1 in expected], abs=1e-6)
     # (epoch means of training logs are not checkpointed: after a mid-epoch resume they cover the resumed part)
     for key in ("val/f1_macro", "val/loss", "val/f1_macro_best", "test/f1_macro", "test/sst2/loss"):
+        assert key in resumed, key
         assert resumed[key] == pytest.approx(unbroken[key], abs=1e-6), key
     unbroken_weights = GLiClassModel.from_pretrained(tmp_path / "unbroken" / "model").state_dict()
     resumed_weights = GLiClassModel.from_pretrained(tmp_path / "resumed" / "model").state_dict()
@@ -170,9 +230,42 @@ def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path, kill_at):
 
 
 @pytest.mark.slow
+# mid-epoch; at the end of epoch 1 (its step-8 checkpoint precedes epoch 1's validation, which the resumed run must
+# still run, or val/f1_macro_best misses it); mid-epoch after a resumed epoch
+@pytest.mark.parametrize("kill_at", [5, 8, 11])
+# the uni-encoder reads the labels in their shuffled order, which worker processes draw; workers also prefetch
+@pytest.mark.parametrize("loader", [[], ["arch=uni", "data.num_workers=2"]], ids=["bi", "uni-2-workers"])
+def test_a_resumed_run_ends_like_an_unbroken_one(tmp_path, kill_at, loader):
+    # data=tiny: 30 training rows, batch 4: 8 batches per epoch, 16 steps
+    assert_resumed_ends_like_unbroken(tmp_path, ["trainer.max_epochs=2", *loader], {"step": kill_at})
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_its_last_validation_runs_it_when_resumed(tmp_path):
+    # the step-8 checkpoint is the run's last, written before the validation: the resumed fit has only that to run
+    steps = ["trainer.max_epochs=2", "trainer.max_steps=8"]
+    assert_resumed_ends_like_unbroken(tmp_path, steps, {"step": 8, "in_validation": True})
+
+
 def test_resuming_without_a_checkpoint_starts_fresh(tmp_path):
-    metrics = run.train(compose_train(tmp_path, ["debug=fdr", "data=tiny", "backbone=tiny_bert", "ckpt_path=last"]))
-    assert "test/f1_macro" in metrics
+    """ckpt_path=last with no checkpoint yet: the run trains from step 0 and ends exactly like one without ckpt_path
+    (same metrics, same exported weights)."""
+    steps = ["trainer.max_steps=3", "data.benchmarks=['emotion:train:16']", "data.eval_datasets=['sst2:test:4']"]
+    steps += ["eval_embed_sim=false"]
+    assert not (tmp_path / "last" / "checkpoints").exists()
+    fresh = resumable_run(tmp_path / "last", [*steps, "ckpt_path=last"])
+    plain = resumable_run(tmp_path / "plain", steps)
+    assert fresh["perf/train_steps"] == plain["perf/train_steps"] == 3
+    assert (tmp_path / "last" / "checkpoints" / "last.ckpt").is_file()  # it did checkpoint as it went
+    # every logged number but timings; validations (logger=csv) at the same steps with the same scores
+    assert {k: v for k, v in fresh.items() if not k.startswith("perf/")} == pytest.approx(
+        {k: v for k, v in plain.items() if not k.startswith("perf/")}, abs=1e-6
+    )
+    assert validations(tmp_path / "last", 0) == validations(tmp_path / "plain", 0) != []
+    assert not (tmp_path / "last" / "csv" / "version_1").exists()  # one fit, not a failed resume and a second one
+    fresh_weights = GLiClassModel.from_pretrained(tmp_path / "last" / "model").state_dict()
+    for name, tensor in GLiClassModel.from_pretrained(tmp_path / "plain" / "model").state_dict().items():
+        assert torch.equal(fresh_weights[name], tensor), name
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from gliclass.data.dataset import GLiClassCollator, GLiClassDataset
 from gliclass.data.formats import DataFormatError, Example, parse_row, read_training_file, write_training_file
 from gliclass.data.hub import HUB_SOURCES, HubSource, load_hub_benchmark
 from gliclass.data.nli import NLI_LABELS, NLI_TEMPLATE, NLIPair, load_hub_nli, nli_examples, read_nli
-from gliclass.data.patterns import LENGTH_BUCKETS, bucket_of, pattern_stream, word_count
+from gliclass.data.patterns import LENGTH_BUCKETS, bucket_of, fits_whole, pattern_stream, word_count
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -42,6 +42,7 @@ __all__ = [
     "NLIPair",
     "bucket_of",
     "data_root",
+    "fits_whole",
     "list_benchmarks",
     "load_hub_benchmark",
     "load_hub_nli",

@@ -20,7 +20,12 @@ from gliclass.data.formats import DataFormatError, Example, PathLike, check_labe
 DATA_DIR_ENV = "GLICLASS_DATA_DIR"
 MULTI_LABEL_DATASETS = frozenset({"go_emotions", "sem_eval_2018_ec"})
 NLI_DATASETS = frozenset({"snli"})  # premise/hypothesis rows: read them with gliclass.data.nli
+# in ../shared/data but not on the Hugging Face hub, so `gliclass.data.fetch` cannot build them
+LOCAL_ONLY_DATASETS = frozenset(
+    {"snips", "mpqa", "symptom2disease", "uci_amazon_sentences", "uci_imdb_sentences", "uci_yelp_sentences"}
+)
 LABELS_FILE = "labels.json"
+FETCH_COMMAND = "python -m gliclass.data.fetch DIR"  # builds this layout from the hub (gliclass/data/fetch.py)
 
 
 def default_data_root() -> Path:
@@ -38,8 +43,9 @@ def data_root(path: PathLike | None = None) -> Path:
         candidate, origin = default_data_root(), f"the default <repo>/../shared/data (${DATA_DIR_ENV} is unset)"
     if not candidate.is_dir():
         raise FileNotFoundError(
-            f"data directory {candidate} (from {origin}) does not exist; pass a path, set ${DATA_DIR_ENV}, "
-            "or load benchmarks from the Hugging Face hub (gliclass.data.hub)"
+            f"data directory {candidate} (from {origin}) does not exist. Without ../shared/data, build the "
+            f"benchmark folders from the Hugging Face hub with `{FETCH_COMMAND}` (needs `pip install datasets`) and "
+            f"set {DATA_DIR_ENV}=DIR, or pass the path (paths.data_dir=DIR / --data-dir DIR)"
         )
     return candidate
 
@@ -106,7 +112,7 @@ def read_benchmark(
     path = base / name / f"{split}.jsonl"
     if not path.is_file():
         if not (base / name).is_dir():
-            raise FileNotFoundError(f"benchmark {name!r} not found: {base / name} does not exist")
+            raise FileNotFoundError(f"benchmark {name!r} not found: {base / name} does not exist; {_origin(name)}")
         present = sorted(f.stem for f in (base / name).glob("*.jsonl"))
         raise FileNotFoundError(f"{path} does not exist; {name!r} has splits {present}")
     labels = read_labels(name, root)
@@ -116,6 +122,17 @@ def read_benchmark(
     multi = name in MULTI_LABEL_DATASETS or any(len(r.labels) > 1 for r in rows)  # judged on every row read
     rows = take(rows, limit, f"{sample_seed}:{name}:{split}")
     return BenchmarkSplit(name, split, labels, multi, rows)
+
+
+def _origin(name: str) -> str:
+    """Where a missing dataset can come from."""
+    from gliclass.data.hub import HUB_SOURCES  # hub.py imports this module
+
+    if name in HUB_SOURCES:
+        return f"`{FETCH_COMMAND} --datasets {name}` builds it from the Hugging Face hub"
+    if name in LOCAL_ONLY_DATASETS:
+        return f"{name!r} is local-only (not on the Hugging Face hub): only ../shared/data has it"
+    return f"{name!r} is neither a hub dataset (gliclass.data.hub.HUB_SOURCES) nor one of ../shared/data"
 
 
 def _parse_benchmark_row(row: object, where: str, known: set[str]) -> BenchmarkRow:

@@ -7,7 +7,8 @@ Source specs are plain strings (or dicts) so Hydra can instantiate the module wi
   nli:           "split[:limit]" of snli, or {split, limit, source}
   eval_datasets: "name[:split[:limit]]" (split defaults to test) or a dict as for benchmarks
 The processor is passed at runtime (`instantiate(cfg.data, processor=processor)`) or set as `dm.processor`.
-The pattern stream is built from the train part only, so validation texts never leak into it.
+The pattern stream is built from the train part only, so validation texts never leak into it, and needs the
+processor (its examples are made to fit the length budget whole).
 A `limit` is a seeded random sample of the file's rows, kept in file order (`sample_limits=True`, the default:
 several files are sorted by label), or its first rows (`sample_limits=False`). NLI limits always take the first
 pairs (premises are grouped, relations mixed).
@@ -28,7 +29,7 @@ from gliclass.data.dataset import GLiClassCollator, GLiClassDataset
 from gliclass.data.formats import Example, read_training_file
 from gliclass.data.hub import load_hub_benchmark
 from gliclass.data.nli import load_hub_nli, nli_examples, read_nli
-from gliclass.data.patterns import pattern_stream
+from gliclass.data.patterns import fits_whole, pattern_stream
 from gliclass.data.resumable import EpochSampler, ResumableLoader
 from gliclass.processing import GLiClassProcessor
 
@@ -179,6 +180,7 @@ class GLiClassDataModule(LightningDataModule):
                     seed=self.seed,
                     max_labels=self.pattern_max_labels,
                     copies=self.pattern_copies,
+                    fits=fits_whole(self._processor()),  # no example loses a positive's evidence to the cut
                 )
                 random.Random(f"mix:{self.seed}").shuffle(train)  # so a cap keeps a sample of every source
             if self.max_train_examples is not None:
@@ -233,9 +235,9 @@ class GLiClassDataModule(LightningDataModule):
             sampler=EpochSampler(
                 len(dataset),
                 self.seed,
-                on_start=dataset.set_draws,
                 groups=[ex.meta.get("dataset", "other") for ex in examples] if self.group_batches_by_dataset else None,
                 batch_size=self.batch_size,
+                tag_draws=True,  # label shuffles seeded by the sample's place in the run, in whichever worker
             ),
             collate_fn=GLiClassCollator(processor),
             num_workers=self.num_workers,

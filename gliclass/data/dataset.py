@@ -16,9 +16,11 @@ from gliclass.processing import GLiClassProcessor, LabelBudgetError
 class GLiClassDataset(Dataset):
     """Encodes examples on access; with `shuffle_labels`, each access presents the labels in a fresh order.
 
-    The shuffle is seeded by (seed, worker seed or "main", the count of samples drawn so far, index). The training
-    sampler (`EpochSampler`) sets that count at the start of each pass, so a resumed run draws the same orders as an
-    unbroken one; orders change every epoch and repeat across runs with the same seeds.
+    The shuffle is seeded by (seed, draw, index). The training sampler (`EpochSampler(tag_draws=True)`) passes
+    `(index, draw)` keys, draw = the sample's place in the run, so the order depends on neither the process that
+    encodes the row nor what ran before a restart: a resumed run draws the same orders as an unbroken one, with any
+    number of loader workers. A plain index key draws from a per-process count of accesses instead (and the worker's
+    seed, if any). Orders change every epoch and repeat across runs with the same seeds.
 
     With `trim_labels_to_fit` (training), a row whose labels leave the text less than the processor's
     `min_text_tokens` (`LabelBudgetError`) is kept by dropping negative labels from the end of its (shuffled) label
@@ -39,7 +41,7 @@ class GLiClassDataset(Dataset):
         self.shuffle_labels = shuffle_labels
         self.seed = seed
         self.trim_labels_to_fit = trim_labels_to_fit
-        self._draws = 0  # accesses so far (per process): a new order every time an index is revisited
+        self._draws = 0  # plain-index accesses so far (per process): a new order every time an index is revisited
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -47,20 +49,25 @@ class GLiClassDataset(Dataset):
     def set_draws(self, draws: int) -> None:
         self._draws = draws
 
-    def _rng(self, index: int) -> random.Random:
+    def _rng(self, index: int, draw: int | None) -> random.Random:
+        if draw is not None:
+            # the key of a draw in the main process: orders are those of runs before draws were passed in
+            return random.Random(f"{self.seed}:main:{draw}:{index}")
         worker = get_worker_info()
         self._draws += 1
         return random.Random(f"{self.seed}:{worker.seed if worker else 'main'}:{self._draws}:{index}")
 
-    def label_order(self, index: int) -> list[str]:
+    def label_order(self, index: int, draw: int | None = None) -> list[str]:
         labels = list(self.examples[index].all_labels)
         if self.shuffle_labels:
-            self._rng(index).shuffle(labels)
+            self._rng(index, draw).shuffle(labels)
         return labels
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        """`dataset[index]`, or `dataset[index, draw]` (from `EpochSampler(tag_draws=True)`)."""
+        index, draw = key if isinstance(key, tuple) else (key, None)
         example = self.examples[index]
-        labels = self.label_order(index)
+        labels = self.label_order(index, draw)
         trimmed = 0
         try:
             try:

@@ -13,17 +13,31 @@ Every base example is emitted `copies` times with different label sets: copy j d
 [min_labels, max_labels] and a positive ratio from the j-th of `copies` equal slices of [0, 1], so the copies of
 one text differ in density. Prompts and few-shot examples of the pool rows are not carried over. Seeded and
 deterministic; a bucket that no group of the pool can fill (e.g. no text of <= 4 words) is skipped with a warning.
+
+With `fits` (`fits_whole(processor)`: training does this), every example's text fits the model's length budget whole
+beside its labels, so no positive loses its evidence to the processor's cut. A copy whose text is over the budget
+keeps only its longest run of leading pieces that fits, and draws its label set again from those pieces alone (the
+same density slice; repeated while the new labels leave too little room); its `meta["bucket"]` is then the bucket of
+the shorter text. A copy whose first piece alone is over the budget is dropped. Buckets past the budget so end up
+empty, and their examples land in the longest buckets that fit.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import random
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from gliclass.data.formats import Example
+
+if TYPE_CHECKING:
+    from gliclass.processing import GLiClassProcessor
+
+log = logging.getLogger(__name__)
 
 LENGTH_BUCKETS = (0, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 
@@ -102,6 +116,31 @@ def _union(pieces: Sequence[Example]) -> tuple[dict[str, float], list[str]]:
     return positives, [label for label in seen if label not in positives]
 
 
+def fits_whole(processor: GLiClassProcessor) -> Callable[[str, Sequence[str]], bool]:
+    """`fits(text, labels)`: whether `processor` encodes `text` whole beside `labels` (no prompt or examples, as
+    pattern rows have none): the sequence is within its budget, so the processor cuts nothing."""
+
+    def fits(text: str, labels: Sequence[str]) -> bool:
+        string = processor.segments(text, labels).string
+        ids = processor.tokenizer(string, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        return len(ids) <= processor.budget
+
+    return fits
+
+
+def _fitting_prefix(pieces: Sequence[Example], labels: Sequence[str], fits: Callable) -> int:
+    """The most leading pieces whose joined text fits beside `labels` (0 if the first alone does not), given that all
+    of them do not."""
+    low, high = 0, len(pieces) - 1  # every count <= low fits (0 trivially), every count > high does not
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(" ".join(p.text for p in pieces[:mid]), labels):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 def _label_set(
     rng: random.Random, positives: dict[str, float], negatives: list[str], low: int, high: int, lo_d: float, hi_d: float
 ) -> tuple[list[str], dict[str, float]]:
@@ -125,8 +164,10 @@ def pattern_stream(
     min_labels: int = 1,
     max_labels: int = 20,
     copies: int = 2,
+    fits: Callable[[str, Sequence[str]], bool] | None = None,
 ) -> list[Example]:
-    """`examples_per_bucket` x `copies` examples in every fillable bucket (see the module docstring)."""
+    """`examples_per_bucket` x `copies` examples in every fillable bucket (see the module docstring); `fits` cuts or
+    drops the copies over the model's length budget."""
     if not pool:
         raise ValueError("the pattern stream needs a non-empty pool of examples")
     if not 1 <= min_labels <= max_labels or copies < 1 or examples_per_bucket < 0:
@@ -141,6 +182,7 @@ def pattern_stream(
     groups = [_Group.build(name, items) for name, items in members.items()]
     rng = random.Random(f"pattern:{seed}")
     out: list[Example] = []
+    cut = dropped = 0
     for lo, hi in zip(buckets[:-1], buckets[1:], strict=True):
         eligible = [g for g in groups if g.counts[0] <= hi]
         weights = [len(g.counts) for g in eligible]
@@ -166,19 +208,40 @@ def pattern_stream(
                     if len(true) / len(labels) not in densities:
                         break
                 densities.add(len(true) / len(labels))
+                kept, kept_text = pieces, text
+                while fits is not None and not fits(kept_text, labels):
+                    # the leading pieces that fit, with a label set drawn again from them alone (same density slice)
+                    kept = kept[: _fitting_prefix(kept, labels, fits)]
+                    if not kept:
+                        break
+                    kept_text = " ".join(p.text for p in kept)
+                    labels, true = _label_set(
+                        rng, *_union(kept), min_labels, max_labels, copy / copies, (copy + 1) / copies
+                    )
+                if not kept:
+                    dropped += 1
+                    continue
+                cut += len(kept) < len(pieces)
                 meta = {
                     "dataset": group.name,
-                    "bucket": (lo, hi),
+                    "bucket": bucket_of(word_count(kept_text), buckets),
                     "density": len(true) / len(labels),
                     "copy": copy,
-                    "pieces": len(pieces),
+                    "pieces": len(kept),
                 }
                 source = f"pattern stream (seed {seed}) bucket ({lo},{hi}] #{slot} copy {copy} <- {pieces[0].source}"
-                out.append(Example(text, labels, true, source=source, meta=meta))
+                out.append(Example(kept_text, labels, true, source=source, meta=meta))
         if made < examples_per_bucket:
             warnings.warn(
                 f"pattern stream: bucket ({lo},{hi}] words got {made}/{examples_per_bucket} examples: "
                 "the pool has no texts short enough for it",
                 stacklevel=2,
             )
+    if cut or dropped:
+        log.info(
+            "pattern stream: %d examples over the length budget kept only their leading pieces that fit (and their "
+            "labels); %d dropped (a first piece alone over the budget)",
+            cut,
+            dropped,
+        )
     return out

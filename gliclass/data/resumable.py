@@ -1,40 +1,48 @@
 """A training loader that resumes exactly mid-epoch: Lightning stores its `state_dict()` in every checkpoint.
 
 The epoch's order is a permutation drawn from seed + epoch (epoch 0 is the order a plain shuffled DataLoader with a
-generator seeded by `seed` draws), and the dataset's label-shuffle counter is set from the position, so nothing
-depends on what ran before a restart: a killed and resumed run sees the same batches as an unbroken one.
+generator seeded by `seed` draws). With `tag_draws`, the sampler hands out `(index, draw)` pairs, draw = the sample's
+place in the run (epoch x size + position + 1), and the dataset seeds each row's label shuffle from it. So nothing
+depends on what ran before a restart, nor on which worker process encodes a row: a killed and resumed run sees the same
+batches as an unbroken one, with any `num_workers`.
+
+The position saved is that of the batches the loader has handed to training, not of the indices its workers took:
+worker processes fetch `prefetch_factor` batches ahead of training, so the sampler runs ahead of what was trained on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Sampler
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(Sampler[int | tuple[int, int]]):
     """A permutation drawn from (seed, epoch), resumable after any sample (Lightning calls `set_epoch`).
 
     With `groups` (one key per sample, e.g. its source dataset) and `batch_size`, the permutation is rearranged so
     each run of `batch_size` consecutive samples comes from one group: full batches of every group in a shuffled
     order, then the groups' leftovers together at the end of the epoch. A bi-encoder then encodes a batch's shared
     label set once instead of once per text.
+
+    With `tag_draws`, it yields `(index, draw)` (see the module docstring) instead of the index alone.
     """
 
     def __init__(
         self,
         size: int,
         seed: int,
-        on_start: Callable[[int], None] | None = None,
         groups: Sequence[str] | None = None,
         batch_size: int | None = None,
+        tag_draws: bool = False,
     ) -> None:
         if groups is not None and (len(groups) != size or not batch_size or batch_size < 1):
             raise ValueError(f"groups needs one key per sample ({len(groups)} for {size}) and a batch_size >= 1")
-        self.size, self.seed, self.on_start = size, seed, on_start
+        self.size, self.seed, self.tag_draws = size, seed, tag_draws
         self.groups, self.batch_size = (list(groups) if groups is not None else None), batch_size
-        self.epoch = self.yielded = self.skip = 0
+        self.epoch = self.skip = 0
+        self.pass_start: tuple[int, int] | None = None  # (epoch, position) where the running pass began
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
@@ -43,7 +51,7 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.size
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         # a shuffled DataLoader first draws its workers' base seed from this generator, then the permutation:
         # drawing the same way keeps epoch 0 identical to `DataLoader(shuffle=True, generator=seeded)`
@@ -52,11 +60,10 @@ class EpochSampler(Sampler[int]):
         if self.groups is not None:
             order = self._grouped(order, generator)
         start, self.skip = self.skip, 0
-        if self.on_start is not None:  # samples drawn before this one in the run, unbroken or not
-            self.on_start(self.epoch * self.size + start)
+        self.pass_start = (self.epoch, start)
+        drawn = self.epoch * self.size  # samples drawn in the run before this epoch, unbroken or not
         for position in range(start, self.size):
-            self.yielded = position + 1
-            yield order[position]
+            yield (order[position], drawn + position + 1) if self.tag_draws else order[position]
 
     def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
         members: dict[str, list[int]] = {}
@@ -75,20 +82,42 @@ class EpochSampler(Sampler[int]):
 class ResumableLoader(DataLoader):
     """A DataLoader over an `EpochSampler` whose position Lightning checkpoints and restores.
 
-    Under DDP Lightning swaps in its distributed sampler (which draws its own per-epoch order): there the state is
-    empty and a resumed run restarts the interrupted epoch.
+    The position counts the batches handed out by the running iterator (each `batch_size` samples of the sampler's
+    pass, the last one possibly fewer), so prefetching workers do not move it. Under DDP Lightning swaps in its
+    distributed sampler (which draws its own per-epoch order): there the state is empty and a resumed run restarts
+    the interrupted epoch.
     """
 
-    def state_dict(self) -> dict[str, int]:
+    _handed = 0  # batches handed out by the running iterator
+
+    def __iter__(self) -> Iterator:
         if not isinstance(self.sampler, EpochSampler):
+            return super().__iter__()
+        if self.batch_size is None:
+            raise ValueError("ResumableLoader counts its position in batches: give batch_size, not a batch_sampler")
+        self.sampler.pass_start, self._handed = None, 0  # set again when the new pass begins (eagerly with workers)
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches: Iterator) -> Iterator:
+        for batch in batches:
+            self._handed += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        if not isinstance(sampler, EpochSampler):
             return {}
-        return {"epoch": self.sampler.epoch, "yielded": self.sampler.yielded}
+        if sampler.pass_start is None:  # no pass began since the last `iter()`: it will start where it is set to
+            return {"epoch": sampler.epoch, "yielded": sampler.skip}
+        epoch, start = sampler.pass_start
+        return {"epoch": epoch, "yielded": min(start + self._handed * self.batch_size, len(sampler))}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state or not isinstance(self.sampler, EpochSampler):
             return
         epoch, skip = state["epoch"], state["yielded"]
-        if skip == len(self.sampler):  # saved after an epoch's last batch: Lightning continues with this iterator
+        if len(self.sampler) - skip < (self.batch_size if self.drop_last else 1):
+            # saved after an epoch's last batch: Lightning continues with this iterator
             epoch, skip = epoch + 1, 0
         self.sampler.set_epoch(epoch)
         self.sampler.skip = skip

@@ -4,14 +4,18 @@ Run as a script, not a module: the official system runs it with the official pac
 `import gliclass` must find the official `gliclass`, never this repository. It therefore imports nothing from
 this repository at the top, and for `--system official` strips every path inside the repository from sys.path.
 
-Requests: {"cmd": "time", texts, labels, batch_size, passes, warmup, warmup_texts, max_seconds, multi_label} ->
-{"seconds": [...per pass], "labels_scored": k}; {"cmd": "scores", texts, labels, multi_label, batch_size} -> {"scores": [[...]]};
+Requests: {"cmd": "time", texts, labels, batch_size, passes, warmup, warmup_texts, max_seconds, multi_label, calls}
+-> {"seconds": [...per pass], "labels_scored": k}, where a pass is `calls` (default 1) back-to-back calls on all the
+texts and its entry is the mean seconds of one call (`warmup` counts calls too); "part": "forward" times the model
+alone on the call's inputs, prepared once (the systems' `forward_fn`), "part": "pipeline" the whole call with the
+model swapped for a stub that returns its output at once (the systems' `model_stub`); {"cmd": "scores", texts, labels, multi_label, batch_size} -> {"scores": [[...]]};
 {"cmd": "memory"} -> {"maxrss_mb"}; {"cmd": "exit"}.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -36,7 +40,9 @@ OUR_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 def _inside_repo(entry: str) -> bool:
-    return Path(entry or ".").resolve().is_relative_to(REPO_ROOT)
+    """A path of this repository's code; the running interpreter's own venv (e.g. <repo>/.venv-official) is not."""
+    path = Path(entry or ".").resolve()
+    return path.is_relative_to(REPO_ROOT) and not path.is_relative_to(Path(sys.prefix).resolve())
 
 
 def maxrss_mb() -> float:
@@ -86,11 +92,36 @@ class OfficialSystem:
         rows = self._call(texts, labels, multi_label, threshold=0.0, return_hierarchical=True)
         return [[float(row[label]) for label in labels] for row in rows]
 
+    def forward_fn(self, texts: list[str], labels: list[str]) -> Any:
+        """The model alone on the inputs the pipeline builds for (texts, labels), prepared once, called as it does."""
+        inputs = self.pipe.pipe.prepare_inputs(texts, labels, same_labels=True)
+        return lambda: self.model(**inputs, max_num_classes=len(labels), adapter_ids=None)
+
+    @contextlib.contextmanager
+    def model_stub(self, texts: list[str], labels: list[str]) -> Any:
+        """Within: the pipeline's model returns its output for (texts, labels) at once, whatever it is given."""
+        output, model = self.forward_fn(texts, labels)(), self.pipe.pipe.model
+        self.pipe.pipe.model = _Stub(model.config, output)
+        try:
+            yield
+        finally:
+            self.pipe.pipe.model = model
+
     def labels_scored(self, text: str, labels: list[str]) -> int:
         """How many <<LABEL>> tokens survive the official truncation (it cuts labels, not text)."""
         string = text + "".join(OFFICIAL_LABEL_TOKEN + label for label in labels) + OFFICIAL_SEP_TOKEN
         ids = self.tokenizer(string, truncation=True, max_length=self.max_length)["input_ids"]
         return ids.count(self.tokenizer.convert_tokens_to_ids(OFFICIAL_LABEL_TOKEN))
+
+
+class _Stub:
+    """A model that returns a fixed output (the official pipeline also reads its `config`)."""
+
+    def __init__(self, config: Any, output: Any) -> None:
+        self.config, self.output = config, output
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.output
 
 
 def build_system(args: argparse.Namespace) -> Any:
@@ -134,16 +165,25 @@ def handle(system: Any, request: dict[str, Any]) -> dict[str, Any]:
     if cmd == "time":
         # warm-up on the first `warmup_texts` texts only, so a batched warm-up does not cost a full pass
         warm = texts[: int(request.get("warmup_texts") or len(texts))]
-        for _ in range(int(request.get("warmup", 1))):
-            system.predict(warm, labels, multi_label)
+        part = request.get("part", "call")
+        if part == "forward":
+            call = warm_call = system.forward_fn(texts, labels)
+        else:
+            call = lambda: system.predict(texts, labels, multi_label)  # noqa: E731
+            warm_call = lambda: system.predict(warm, labels, multi_label)  # noqa: E731
         seconds: list[float] = []
-        max_seconds = request.get("max_seconds")
-        for _ in range(int(request["passes"])):
-            start = time.perf_counter()
-            system.predict(texts, labels, multi_label)
-            seconds.append(time.perf_counter() - start)
-            if max_seconds is not None and sum(seconds) > max_seconds:
-                break  # a slow system's cell stops early; the reply says how many passes ran
+        with system.model_stub(texts, labels) if part == "pipeline" else contextlib.nullcontext():
+            for _ in range(int(request.get("warmup", 1))):
+                warm_call()
+            max_seconds = request.get("max_seconds")
+            calls = int(request.get("calls", 1))
+            for _ in range(int(request["passes"])):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                seconds.append((time.perf_counter() - start) / calls)
+                if max_seconds is not None and sum(seconds) > max_seconds:
+                    break  # a slow system's cell stops early; the reply says how many passes ran
         scored = system.labels_scored(texts[0], labels) if hasattr(system, "labels_scored") else len(labels)
         return {"seconds": seconds, "labels_scored": scored}
     raise ValueError(f"unknown command {cmd!r}")

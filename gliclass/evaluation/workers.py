@@ -16,13 +16,21 @@ from typing import Any
 
 WORKER_SCRIPT = Path(__file__).with_name("worker.py")
 OFFICIAL_PYTHON_ENV = "GLICLASS_OFFICIAL_PYTHON"
-DEFAULT_OFFICIAL_PYTHON = Path(__file__).resolve().parents[3] / "offvenv" / "venv" / "bin" / "python"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# the official package's own venv, inside the repository (git-ignored); scripts/official/make_fixtures.sh creates it
+OFFICIAL_VENV = ".venv-official"
 
 
-def official_python() -> str | None:
-    """$GLICLASS_OFFICIAL_PYTHON, else ../offvenv/venv/bin/python beside the repository, if it exists."""
-    candidate = os.environ.get(OFFICIAL_PYTHON_ENV) or str(DEFAULT_OFFICIAL_PYTHON)
-    return candidate if Path(candidate).exists() else None
+def official_python(repo_root: Path = REPO_ROOT) -> str | None:
+    """The official package's interpreter: $GLICLASS_OFFICIAL_PYTHON when set (an error if it does not exist),
+    else `<repo>/.venv-official/bin/python` if it exists, else None (the official system is skipped)."""
+    given = os.environ.get(OFFICIAL_PYTHON_ENV)
+    if given:
+        if not Path(given).exists():
+            raise FileNotFoundError(f"${OFFICIAL_PYTHON_ENV}={given} does not exist")
+        return given
+    default = repo_root / OFFICIAL_VENV / "bin" / "python"
+    return str(default) if default.exists() else None
 
 
 class WorkerError(RuntimeError):

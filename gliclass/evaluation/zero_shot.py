@@ -141,6 +141,7 @@ def build_systems(
         elif name == "embed-sim":
             systems["embed-sim"] = EmbeddingSimilarity(batch_size=32)
         elif name == "cross-encoder":
+            torch.manual_seed(args.seed)  # its fresh NLI head: the same whatever ran before it in this process
             cross = PairwiseCrossEncoder.from_gliclass(models[0].path)
             if args.cross_snli_pairs > 0:
                 train_cross_encoder(cross, root, args.cross_snli_pairs, args.seed)

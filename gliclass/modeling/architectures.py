@@ -55,10 +55,12 @@ def class_features(
     class_rank = is_class.long().cumsum(dim=-1)  # k-th label token and the span after it carry rank k
     slots = torch.arange(1, num_slots + 1, device=input_ids.device).view(1, -1, 1)
     if config.class_token_pooling == "average":
-        before_text = torch.ones_like(is_class)
-        if config.extract_text_features:
-            before_text = (input_ids == config.text_token_index).long().cumsum(dim=-1) == 0
-        select = (class_rank.unsqueeze(1) == slots) & before_text.unsqueeze(1) & attention_mask.bool().unsqueeze(1)
+        span = attention_mask.bool()
+        # exact spans end every label at the block's <<SEP>>; the official ones only with extract_text_features
+        # (else the last label runs to the end of the sequence)
+        if config.exact_feature_spans or config.extract_text_features:
+            span = span & ((input_ids == config.text_token_index).long().cumsum(dim=-1) == 0)
+        select = (class_rank.unsqueeze(1) == slots) & span.unsqueeze(1)
         if not config.embed_class_token:
             select = select & ~is_class.unsqueeze(1)
         select = select.to(states.dtype)
@@ -113,12 +115,36 @@ class GLiClassBase(nn.Module):
         return logits
 
 
-def _labels_mask(labels_mask: torch.Tensor | None, input_ids: torch.Tensor, class_token_index: int) -> torch.Tensor:
-    if labels_mask is not None:
-        return labels_mask.bool()
+def _label_slots(labels_mask: torch.Tensor | None, input_ids: torch.Tensor, class_token_index: int) -> torch.Tensor:
+    """`labels_mask` checked against the `<<LABEL>>` tokens of `input_ids`, or derived from them when not given."""
     counts = (input_ids == class_token_index).sum(-1)
-    slots = int(counts.max()) if counts.numel() else 0
-    return torch.arange(slots, device=input_ids.device).unsqueeze(0) < counts.unsqueeze(1)
+    if labels_mask is None:
+        slots = int(counts.max()) if counts.numel() else 0
+        return torch.arange(slots, device=input_ids.device).unsqueeze(0) < counts.unsqueeze(1)
+    labels_mask = labels_mask.bool()
+    # data-dependent check: skipped while torch.export traces (ONNX export), where it cannot be evaluated
+    if not torch.compiler.is_exporting():
+        _check_label_slots(labels_mask, counts)
+    return labels_mask
+
+
+def _check_label_slots(labels_mask: torch.Tensor, counts: torch.Tensor) -> None:
+    """Slot k of a row is read from its k-th `<<LABEL>>`, so a row with n of them must mark exactly its first n slots
+    (any other slot would silently get a zero vector and a plausible logit)."""
+    expected = torch.arange(labels_mask.shape[1], device=labels_mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    if bool((counts <= labels_mask.shape[1]).all()) and torch.equal(labels_mask, expected):
+        return
+    marked = labels_mask.sum(-1)
+    row = int((labels_mask != expected).any(-1).logical_or(counts > labels_mask.shape[1]).nonzero()[0, 0])
+    if marked[row] != counts[row]:
+        raise ValueError(
+            f"the number of <<LABEL>> tokens differs from the number of labels: row {row} has {int(counts[row])} "
+            f"<<LABEL>> tokens but labels_mask marks {int(marked[row])} slots"
+        )
+    raise ValueError(
+        f"labels_mask must mark the first {int(counts[row])} slots of row {row} (slot k is read from its k-th "
+        f"<<LABEL>>), but it marks slots {labels_mask[row].nonzero().flatten().tolist()}"
+    )
 
 
 class UniEncoder(GLiClassBase):
@@ -162,27 +188,39 @@ class UniEncoder(GLiClassBase):
         labels_mask: torch.Tensor | None = None,
         **unused: torch.Tensor | None,
     ) -> GLiClassOutput:
-        labels_mask = _labels_mask(labels_mask, input_ids, self.config.class_token_index)
+        labels_mask = _label_slots(labels_mask, input_ids, self.config.class_token_index)
         states = self.encode(input_ids, attention_mask)
         classes = class_features(self.config, states, input_ids, attention_mask, labels_mask.shape[1])
         text_states, text_mask = states, attention_mask
         if self.config.extract_text_features:
-            text_states, text_mask = self._text_after_sep(states, input_ids, attention_mask)
+            text_states, text_mask = self.text_span(states, input_ids, attention_mask)
         text = self.pool_text(text_states, text_mask)
         classes = self.normalize(self.classes_projector(classes))
         logits = self.score(text, classes, text_mask, always_scale=False, labels_mask=labels_mask)
         return GLiClassOutput(logits, labels_mask, text, classes, states, attention_mask)
 
-    def _text_after_sep(
+    def text_span(
         self, states: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shift each row so it starts at its first <<SEP>> (official extract_text_features)."""
+        """The token states and mask that extract_text_features pools into the text vector.
+
+        Official spans (`exact_feature_spans=False`): every row shifted to start at its first <<SEP>>, which with
+        `prompt_first=False` (`text<<LABEL>>...<<SEP>>[prompt][examples]`) holds no text at all. Exact spans: the
+        text's own segment, `[CLS] text` before the first <<LABEL>>, or with `prompt_first` the shifted row up to
+        its few-shot examples (`<<SEP>>[prompt] text`).
+        """
+        exact = self.config.exact_feature_spans
+        if exact and not self.config.prompt_first:
+            before_labels = (input_ids == self.config.class_token_index).long().cumsum(dim=-1) == 0
+            return states, attention_mask * before_labels
         length = input_ids.shape[1]
         start = (input_ids == self.config.text_token_index).int().argmax(dim=-1)
         offsets = torch.arange(length, device=input_ids.device).unsqueeze(0)
         valid = offsets < (length - start).unsqueeze(1)
         source = (start.unsqueeze(1) + offsets).clamp(max=length - 1)
         rows = torch.arange(input_ids.shape[0], device=input_ids.device).unsqueeze(1)
+        if exact:
+            valid = valid & ((input_ids[rows, source] == self.config.example_token_index).long().cumsum(dim=-1) == 0)
         return states[rows, source] * valid.unsqueeze(-1).to(states.dtype), attention_mask[rows, source] * valid
 
 
@@ -202,11 +240,13 @@ class BiEncoder(GLiClassBase):
             config.projector_hidden_act,
             dropout=None,
         )
+        # the label tower's own pooler, at its own width (only "attn" has weights: `model.label_pooler.score`)
+        self.label_pooler = build_pooling(config.pooling_strategy, config.label_model_config.hidden_size)
 
     def encode_labels(self, class_input_ids: torch.Tensor, class_attention_mask: torch.Tensor) -> torch.Tensor:
         """[N, Lc] tokenised labels -> [N, D] label vectors (independent of text: cacheable)."""
         states = self.label_encoder(input_ids=class_input_ids, attention_mask=class_attention_mask).last_hidden_state
-        pooled = self.pooler(states, class_attention_mask)
+        pooled = self.label_pooler(states, class_attention_mask)
         return self.normalize(self.classes_projector(self.biencoder_projector(pooled)))
 
     def gather_labels(
@@ -278,11 +318,9 @@ class FusedBiEncoder(BiEncoder):
         **unused: torch.Tensor | None,
     ) -> GLiClassOutput:
         labels_mask = self._labels_mask(labels_mask, class_input_ids, class_embeddings)
+        labels_mask = _label_slots(labels_mask, input_ids, self.config.class_token_index)
         raw = self.gather_labels(labels_mask, class_input_ids, class_attention_mask, class_embeddings)
         is_class = input_ids == self.config.class_token_index
-        # data-dependent check: skipped while torch.export traces (ONNX export), where it cannot be evaluated
-        if not torch.compiler.is_exporting() and not torch.equal(is_class.sum(-1), labels_mask.sum(-1)):
-            raise ValueError("fused bi-encoder: the number of <<LABEL>> tokens differs from the number of labels")
         embeds = self.encoder_model.get_input_embeddings()(input_ids)
         # k-th <<LABEL>> of a row <- k-th real label of that row (both enumerate row-major)
         embeds = embeds.masked_scatter(is_class.unsqueeze(-1), raw[labels_mask].to(embeds.dtype))
@@ -313,7 +351,7 @@ class EncoderDecoder(GLiClassBase):
     ) -> GLiClassOutput:
         if class_input_ids is None or class_attention_mask is None:
             raise ValueError("encoder-decoder needs class_input_ids and class_attention_mask (the label prompt)")
-        labels_mask = _labels_mask(labels_mask, class_input_ids, self.config.class_token_index)
+        labels_mask = _label_slots(labels_mask, class_input_ids, self.config.class_token_index)
         dtype = self.logit_scale.dtype
         # a 4D mask makes the decoder bidirectional over the label prompt (no causal mask)
         decoder_mask = (1.0 - class_attention_mask.to(dtype))[:, None, None, :] * torch.finfo(dtype).min

@@ -46,6 +46,9 @@ def build_model(
     and training climbs from there; `config.hidden_size` defaults to twice the encoder width for it. "random" is the
     official package's initialisation. Official checkpoints (`GLiClassModel.from_pretrained`) load unchanged.
 
+    New models read exact feature spans (`exact_feature_spans=True`, see `GLiClassConfig`) unless told otherwise;
+    the official spans stay the config default, so official checkpoints load and score unchanged.
+
     `backbone` is a name/path, or a dict backbone config (`{"model_type": "deberta-v2", "hidden_size": 32, ...}`)
     for a randomly initialised backbone (tests, tiny configs); then `tokenizer` defaults to the offline MiniLM one.
     `<<LABEL>>`, `<<SEP>>` and `<<EXAMPLE>>` are added to the tokenizer and the embedding table grows to match.
@@ -59,6 +62,7 @@ def build_model(
                 f"head_init='identity' needs a projector activation with act(x) - act(-x) = x, one of "
                 f"{sorted(ODD_SPLIT_ACTIVATIONS)}; got projector_hidden_act={act!r} (or use head_init='random')"
             )
+    config_kwargs.setdefault("exact_feature_spans", True)
     if isinstance(backbone, dict):
         model, processor = _build_random(backbone, tokenizer, label_backbone, max_length, head_init, **config_kwargs)
     else:

@@ -90,8 +90,8 @@ class GLiClassModel(PreTrainedModel):
         class_input_ids: torch.Tensor | None = None,
         class_attention_mask: torch.Tensor | None = None,
         class_embeddings: torch.Tensor | None = None,
-        **kwargs,
     ) -> GLiClassOutput:
+        # no **kwargs: a misspelt argument (`label_mask=`) is a TypeError, not silently ignored
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         return self.model(

@@ -1,9 +1,11 @@
 """What int8 quantisation costs: macro-F1 of torch, ONNX fp32 and ONNX int8 on a sample of labelled test sets.
 
-    python -m gliclass.onnx.evaluate --datasets sst2 ag_news --rows 300
+    python -m gliclass.onnx.evaluate --datasets sst2 ag_news --rows 300 --json experiments/results/int8.json
 
 Uses `models/default/` (the default `python run.py` export) when it exists, else a fresh `build_model("minilm")`
-(pretrained backbone, untrained head: its F1 is near chance, so read the agreement column too).
+(pretrained backbone, untrained head: its F1 is near chance, so read the agreement column too). The data folder is
+resolved like everywhere else (`--data`, else $GLICLASS_DATA_DIR, else ../shared/data). `--json` writes the report
+with its run record (date, command, git commit, versions) and only from a clean git tree, unless `--allow-dirty`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -18,12 +21,13 @@ from typing import Any
 
 import torch
 
+from gliclass.data.benchmarks import data_root
+from gliclass.evaluation.common import run_record
 from gliclass.onnx.export import export_onnx
 from gliclass.pipeline import ZeroShotPipeline
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL = REPO_ROOT / "models" / "default"
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 def macro_f1(gold: list[str], predicted: list[str], labels: list[str]) -> float:
@@ -115,20 +119,31 @@ def to_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data directory")
+    parser.add_argument(
+        "--data", type=Path, default=None, help="data folder (default: $GLICLASS_DATA_DIR or ../shared/data)"
+    )
     parser.add_argument("--datasets", nargs="+", default=["sst2", "ag_news"])
     parser.add_argument("--rows", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model dir (missing: fresh MiniLM)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--json", type=Path, help="also write the report here")
-    args = parser.parse_args()
-    report = evaluate(args.data, args.datasets, args.rows, args.seed, args.model, args.batch_size)
+    parser.add_argument("--json", type=Path, help="also write the report, with its run record, here")
+    parser.add_argument("--allow-dirty", action="store_true", help="write --json from an uncommitted tree too")
+    args = parser.parse_args(argv)
+    data = data_root(args.data)
+    record = run_record(args, "gliclass.onnx.evaluate")  # at the start: the commit the run measures
+    if args.json and not re.fullmatch(r"[0-9a-f]+", record["git_commit"]) and not args.allow_dirty:
+        raise SystemExit(
+            f"--json {args.json}: the tree is at {record['git_commit']!r}, not a clean commit, so the result could "
+            "not be reproduced; commit first (or pass --allow-dirty for a result that is not to be committed)"
+        )
+    report = {"run": record, **evaluate(data, args.datasets, args.rows, args.seed, args.model, args.batch_size)}
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(to_markdown(report))
+    return report
 
 
 if __name__ == "__main__":

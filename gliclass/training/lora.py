@@ -3,12 +3,13 @@
 The presets (rank, alpha, target modules per backbone) live in `conf/lora/`. Only the adapters train, plus any
 `modules_to_save` named on purpose. `LoraModule` is the supervised module on the adapted model (stage=post).
 `export_model` folds adapters into the weights (merge_and_unload) and writes a plain checkpoint in the official
-layout, loadable without peft.
+layout, loadable without peft, with the loss the weights were trained with in its config.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 import re
@@ -19,9 +20,11 @@ from typing import Any
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
+from gliclass.modeling.losses import GLiClassLoss
 from gliclass.modeling.model import GLiClassModel
 from gliclass.processing import GLiClassProcessor
 from gliclass.training.module import GLiClassModule
+from gliclass.training.ppo import PPOModule
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +76,46 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).merge_and_unload()
 
 
-def export_model(model: nn.Module, path: str | os.PathLike, processor: GLiClassProcessor | None = None) -> Path:
-    """Write the model, adapters merged if it has any, (and its tokenizer files) as a plain GLiClass checkpoint."""
+def trained_loss(module: GLiClassModule) -> GLiClassLoss | None:
+    """The objective `module` trained its weights with: its `loss`, or None under PPO, whose `loss` only scores
+    validation and test batches (its export then keeps the loss fields of the model it started from)."""
+    return None if isinstance(module, PPOModule) else module.loss
+
+
+def loss_config_fields(loss: GLiClassLoss) -> dict[str, Any]:
+    """Config fields that record `loss`: the official ones (the focal alpha and gamma, and the label-level
+    contrastive coefficient, which the official forward and our few-shot fine-tuning read) and, under
+    `training_loss`, every `GLiClassLoss` setting (classification kind, weights, smoothing, token-level term)."""
+    names = [name for name in inspect.signature(GLiClassLoss.__init__).parameters if name != "self"]
+    return {
+        "focal_loss_alpha": loss.focal_alpha,
+        "focal_loss_gamma": loss.focal_gamma,
+        "contrastive_loss_coef": loss.label_contrastive_coef,
+        "training_loss": {name: getattr(loss, name) for name in names},
+    }
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike,
+    processor: GLiClassProcessor | None = None,
+    loss: GLiClassLoss | None = None,
+) -> Path:
+    """Write the model, adapters merged if it has any, (and its tokenizer files) as a plain GLiClass checkpoint.
+
+    `loss`: the objective the weights were trained with (`trained_loss(module)`); its settings replace the loss
+    fields of the written config.json (`loss_config_fields`), not those of `model`'s own config. None keeps them.
+    """
     merged = merge_lora(model)
     if not isinstance(merged, GLiClassModel):
         raise TypeError(f"expected a GLiClassModel after merging, got {type(merged).__name__}")
     path = Path(path)
     merged.save_pretrained(path)
+    if loss is not None:
+        config = copy.deepcopy(merged.config)
+        for field, value in loss_config_fields(loss).items():
+            setattr(config, field, value)
+        config.save_pretrained(path)  # replaces the config.json just written
     if processor is not None:
         processor.save_pretrained(path)
     return path

@@ -31,12 +31,19 @@ def model_inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return {key: batch[key] for key in MODEL_INPUT_KEYS if batch.get(key) is not None}
 
 
+def gradients_finite(parameters: Iterable[nn.Parameter]) -> bool:
+    """Whether every gradient is finite (parameters without one are ignored); one device sync."""
+    checks = [torch.isfinite(p.grad).all() for p in parameters if p.grad is not None]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
 class TooManySkippedBatchesError(RuntimeError):
     """More training batches failed than the configured fraction allows: the run is broken, not unlucky."""
 
 
 class SkippedBatches:
-    """Counts training batches skipped after an out-of-memory error or a non-finite loss (paper 2.3.1).
+    """Counts training batches skipped after an out-of-memory error (in forward or backward), a non-finite loss or a
+    non-finite gradient (paper 2.3.1).
 
     The fraction is taken over at least `min_batches` batches, so a burst of failures at the start stops the run
     after `max_fraction * min_batches` skips instead of on the very first one.
@@ -52,8 +59,16 @@ class SkippedBatches:
 
     def record(self, failure: str | None, step: int) -> None:
         self.seen += 1
-        if failure is None:
-            return
+        if failure is not None:
+            self._skip(failure, step)
+
+    def record_late_failure(self, failure: str, step: int) -> None:
+        """The batch last recorded as a success failed after its forward pass (in backward): count it skipped."""
+        if self.seen == 0:
+            raise RuntimeError("record_late_failure before any batch was recorded")
+        self._skip(failure, step)
+
+    def _skip(self, failure: str, step: int) -> None:
         self.skipped += 1
         log.warning("skipping training batch at step %d: %s (%d skipped so far)", step, failure, self.skipped)
         if self.skipped > self.max_fraction * max(self.seen, self.min_batches):
@@ -107,6 +122,7 @@ class GLiClassModule(LightningModule):
         # training rows whose negative labels were trimmed to fit the length budget (the batch's `rows_trimmed`),
         # summed over processes; checkpointed so a resumed run keeps counting
         self.rows_labels_trimmed = 0
+        self._backward_failure: str | None = None  # set by `backward`, consumed by `on_before_optimizer_step`
         self.test_prefix = "test"
         self.eval_datasets: list[tuple[str, bool]] = []  # (name, multi_label) per test dataloader
 
@@ -147,7 +163,6 @@ class GLiClassModule(LightningModule):
         if skip and failure is None:
             failure = "a batch failed in another process"
         self.skipped.record(failure, self.global_step)
-        self.log("train/skipped_batches", float(self.skipped.skipped), on_step=True, on_epoch=False)
         if skip:
             return None  # Lightning then skips backward and the optimiser step
         size = len(batch["input_ids"])
@@ -187,6 +202,48 @@ class GLiClassModule(LightningModule):
         if not torch.isfinite(terms["loss"]):
             return None, None, f"non-finite loss ({terms['loss'].item()})"
         return terms, output, None
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        """Backward of a supervised batch; out of memory there skips the batch like out of memory in forward.
+
+        The gradients it left half-accumulated are dropped before the optimiser step (`on_before_optimizer_step`).
+        Only in a single process: under DDP the other ranks already wait in this backward's all-reduce, so the
+        error propagates. Manual optimisation (PPO) handles its own backward failures.
+        """
+        if not self.automatic_optimization or self.trainer.world_size > 1:
+            return super().backward(loss, *args, **kwargs)
+        try:
+            super().backward(loss, *args, **kwargs)
+            return
+        except torch.OutOfMemoryError:
+            pass
+        # outside the except block: its traceback no longer pins the failed backward's tensors
+        self._backward_failure = "out of memory in backward"
+        self.skipped.record_late_failure(self._backward_failure, self.global_step)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the optimiser step (no gradients: AdamW leaves weights and moments alone) after a backward that ran
+        out of memory or produced a non-finite gradient. With gradient accumulation the whole window is dropped."""
+        if not self.automatic_optimization:
+            return
+        failure, self._backward_failure = self._backward_failure, None
+        if failure is None and self._checks_gradients() and not gradients_finite(self.parameters()):
+            # under DDP the gradients are already all-reduced: every rank sees the same non-finite values
+            failure = "non-finite gradient"
+            self.skipped.record_late_failure(failure, self.global_step)
+        if failure is not None:
+            optimizer.zero_grad(set_to_none=True)
+
+    def _checks_gradients(self) -> bool:
+        """False under fp16 loss scaling, whose GradScaler skips steps with inf gradients by design (and lowers its
+        scale): those are not failed batches."""
+        return getattr(self.trainer.precision_plugin, "scaler", None) is None
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # here, not in training_step: a batch whose backward failed is counted after training_step returned
+        self.log("train/skipped_batches", float(self.skipped.skipped), on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})  # synced by compute()

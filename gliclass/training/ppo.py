@@ -21,12 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch import Trainer
+from lightning.pytorch.strategies import SingleDeviceStrategy
 from torch import nn
 
 from gliclass.modeling.architectures import GLiClassOutput
 from gliclass.modeling.losses import GLiClassLoss
 from gliclass.training.metrics import decide
-from gliclass.training.module import GLiClassModule, model_inputs
+from gliclass.training.module import GLiClassModule, gradients_finite, model_inputs
 from gliclass.training.rewards import CompositeReward, RewardResult, known_mask
 
 Tensor = torch.Tensor
@@ -217,11 +219,14 @@ def value_loss(value: Tensor, rewards: Tensor, active: Tensor) -> Tensor:
 class PPOModule(GLiClassModule):
     """Mid-training with PPO (stage=mid). `loss` only scores validation and test batches (val/loss, test/loss).
 
-    `optimizer`, `param_groups` and `scheduler` build the policy optimiser as in supervised training; the scheduler
-    steps once per policy update (`num_rl_iters` per batch, which is also what `trainer.max_steps` counts). The value
-    head has its own AdamW. Gradients are clipped here to `max_grad_norm` (Lightning's clipping does not apply to
-    manual optimisation: keep `trainer.gradient_clip_val` null). Single-device: several backward passes per
-    training_step do not fit DDP's one-backward-per-forward contract.
+    `optimizer`, `param_groups` and `scheduler` build the policy optimiser as in supervised training. The unit of
+    training progress is the policy update (`num_rl_iters` per batch): `global_step`, the scheduler,
+    `trainer.max_steps` (the last batch makes only the updates left, so a run stops at exactly max_steps) and the
+    checkpoint interval (`callbacks.model_checkpoint.every_n_train_steps`, with `StepCheckpoint`, which stage=mid
+    selects) all count policy updates. The value head has its own AdamW. Gradients are clipped here to
+    `max_grad_norm` (Lightning's clipping does not apply to manual optimisation: keep `trainer.gradient_clip_val`
+    null). Single-device only, checked when fitting starts (`setup`): under DDP the value head would train apart on
+    each process and a batch skipped on one process would hang the others.
     """
 
     def __init__(
@@ -256,6 +261,24 @@ class PPOModule(GLiClassModule):
         self._value_optimizer_state: dict[str, Any] | None = None
         if value_model:
             self.value_head = ValueHead(model.config.encoder_config.get_text_config().hidden_size, value_inner_size)
+
+    @staticmethod
+    def check_trainer(trainer: Trainer) -> None:
+        """Raise unless `trainer` fits on a single device (run_stages calls this before a chain's first stage)."""
+        strategy = trainer.strategy
+        if not isinstance(strategy, SingleDeviceStrategy) or trainer.world_size > 1:
+            raise ValueError(
+                f"stage=mid (PPO) trains on a single device, but the trainer uses {type(strategy).__name__} with "
+                f"{trainer.world_size} process(es). PPO's training step is not written for DDP: the value head's "
+                "updates are not all-reduced (each process would train its own), and a batch skipped on one "
+                "process (OOM, non-finite loss) would leave the others waiting in a gradient all-reduce. Use "
+                "trainer=gpu or trainer=cpu (trainer.devices=1, no trainer.strategy)."
+            )
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.check_trainer(self.trainer)
+        super().setup(stage)
 
     def on_fit_start(self) -> None:
         if self.reference is not None:
@@ -298,10 +321,15 @@ class PPOModule(GLiClassModule):
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         self.skipped.record(failure, self.global_step)
-        self.log("train/skipped_batches", float(self.skipped.skipped), on_step=True, on_epoch=False)
+
+    def _updates_left(self) -> int:
+        """num_rl_iters, or fewer on the batch that reaches trainer.max_steps (which counts policy updates)."""
+        if self.trainer.max_steps < 0:
+            return self.settings.num_rl_iters
+        return min(self.settings.num_rl_iters, self.trainer.max_steps - self.global_step)  # >= 1: Lightning stops at 0
 
     def _ppo_step(self, batch: Mapping[str, Any]) -> str | None:
-        """Rollout, then num_rl_iters updates; the reason when the batch had to be abandoned, else None."""
+        """Rollout, then num_rl_iters updates (fewer at max_steps); the reason when the batch had to be abandoned."""
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         inputs = model_inputs(batch)
         output, actions, result, advantages, old_logp, ref_logits = self._rollout(batch, inputs)
@@ -311,7 +339,8 @@ class PPOModule(GLiClassModule):
         self.train_metrics.update(preds, targets.nan_to_num(0).clamp(min=0), known, batch["label_names"])
 
         logged: dict[str, Tensor] = {}
-        for iteration in range(self.settings.num_rl_iters):
+        updates = self._updates_left()
+        for iteration in range(updates):
             if iteration > 0:
                 output = self.model(**inputs)
             terms, monitors = self.objective(
@@ -325,6 +354,8 @@ class PPOModule(GLiClassModule):
                 return f"non-finite PPO loss ({loss.item()}) at update {iteration + 1}"
             optimizer.zero_grad()
             self.manual_backward(policy_loss)
+            if not gradients_finite(self.model.parameters()):
+                return f"non-finite policy gradient at update {iteration + 1}"
             if self.max_grad_norm is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
             optimizer.step()
@@ -337,7 +368,7 @@ class PPOModule(GLiClassModule):
                     nn.utils.clip_grad_norm_(self.value_head.parameters(), self.max_grad_norm)
                 self.value_optimizer.step()
             for name, value in {"loss": loss, **terms, **monitors}.items():
-                logged[name] = logged.get(name, 0) + value.detach() / self.settings.num_rl_iters
+                logged[name] = logged.get(name, 0) + value.detach() / updates
 
         self._log_rollout(logged, result, advantages, len(actions))
         return None

@@ -7,7 +7,8 @@ An experiment with a `stages` mapping (`{name: [overrides]}`, see conf/experimen
 order. Each stage's config is the run's config changed exactly as the stage's overrides change the default config
 (so `data=tiny`, `debug=fdr` or `trainer.max_steps=...` on the command line hold for every stage), with its own
 output and export directories below the run's, and `init_from` set to the previous stage's export (every stage but
-the last exports, whatever `export` says).
+the last exports, whatever `export` says). A job of a multirun exports each stage to `<job dir>/<i>_<stage>/model`
+(run.py: sweep jobs never share an export directory), so every job chains its own stages.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from typing import Any
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gliclass.modeling import GLiClassModel
@@ -74,6 +78,8 @@ def _changes(default: Any, changed: Any, target: dict[str, Any]) -> None:
     for key, value in changed.items():
         if isinstance(value, dict) and isinstance(default.get(key), dict) and isinstance(target.get(key), dict):
             _changes(default[key], value, target[key])
+        elif isinstance(value, dict) and isinstance(default.get(key), dict) and key in target and target[key] is None:
+            continue  # the run switched this group off (debug presets: callbacks=null): a stage's edits stay off
         elif key not in default or default[key] != value:
             target[key] = value
     for key in default.keys() - changed.keys():
@@ -95,26 +101,61 @@ def stage_config(cfg: DictConfig, overrides: Sequence[str], config_dir: str | Pa
     return OmegaConf.create(target)
 
 
+def in_multirun() -> bool:
+    """Whether this process runs a job of a Hydra multirun (`python run.py -m ...`)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def export_location(cfg: DictConfig) -> Path:
+    """Where run.py's `train` writes the export of `cfg`: `paths.export_dir`, or `<paths.output_dir>/model` for a
+    multirun job, so that the jobs of one sweep never overwrite (or start from) each other's models."""
+    return Path(cfg.paths.output_dir) / "model" if in_multirun() else Path(cfg.paths.export_dir)
+
+
 def run_stages(
     cfg: DictConfig, train: Callable[[DictConfig], dict[str, float]], config_dir: str | Path
 ) -> dict[str, float]:
-    """Run `cfg.stages` in order; metrics come back as `<stage>/<metric>`, plus the last stage's unprefixed."""
-    output_dir, export_dir = Path(cfg.paths.output_dir), Path(cfg.paths.export_dir)
+    """Run `cfg.stages` in order; metrics come back as `<stage>/<metric>`, plus the last stage's unprefixed.
+
+    Every stage's config is built and checked before the first one runs, so a stage that cannot run (no init_from,
+    a trainer its module refuses: PPO under DDP) fails the chain at its start, not after the stages before it."""
+    stages = chain_configs(cfg, config_dir)
+    for stage in stages.values():
+        check = getattr(get_class(stage.module._target_), "check_trainer", None)
+        if check is not None:
+            check(instantiate(stage.trainer, logger=False))
     metrics: dict[str, float] = {}
+    for index, (name, stage) in enumerate(stages.items()):
+        log.info(
+            "stage %d/%d: %s (%s), init_from=%s",
+            index + 1,
+            len(stages),
+            name,
+            list(cfg.stages[name]),
+            stage.get("init_from"),
+        )
+        stage_metrics = train(stage)
+        metrics |= {f"{name}/{key}": value for key, value in stage_metrics.items()}
+    return metrics | stage_metrics
+
+
+def chain_configs(cfg: DictConfig, config_dir: str | Path) -> dict[str, DictConfig]:
+    """Each stage's config: its own output and export directories, and `init_from` the previous stage's export."""
+    output_dir, export_dir = Path(cfg.paths.output_dir), Path(cfg.paths.export_dir)
+    stages: dict[str, DictConfig] = {}
     previous: Path | None = None
     for index, (name, overrides) in enumerate(cfg.stages.items()):
         stage = stage_config(cfg, overrides, config_dir)
         stage.stages = None
         stage.paths.output_dir = str(output_dir / f"{index}_{name}")
-        stage.paths.export_dir = str(export_dir / name)
+        # a multirun job exports below the stage's own directory (`export_location`); say so in the stage's config
+        stage.paths.export_dir = str(Path(stage.paths.output_dir) / "model" if in_multirun() else export_dir / name)
         if index < len(cfg.stages) - 1:
             stage.export = True  # the next stage starts from this export (even under debug presets' export=false)
         if previous is not None:
             if "init_from" not in stage:
                 raise ValueError(f"stage {name!r} takes no init_from: its overrides must pick stage=mid or stage=post")
             stage.init_from = str(previous)
-        log.info("stage %d/%d: %s (%s), init_from=%s", index + 1, len(cfg.stages), name, list(overrides), previous)
-        stage_metrics = train(stage)
-        metrics |= {f"{name}/{key}": value for key, value in stage_metrics.items()}
-        previous = Path(stage.paths.export_dir)
-    return metrics | stage_metrics
+        stages[name] = stage
+        previous = export_location(stage)
+    return stages

@@ -32,7 +32,8 @@ CONFIGS: dict[str, dict] = {
     "uni_bert_first_lstm_weighted_dot": {"use_lstm": True, "scorer_type": "weighted-dot"},
     "uni_bert_first_hopfield_prompt_first": {"scorer_type": "hopfield", "prompt_first": True},
     "uni_bert_pass_cross_attn": {"pooling_strategy": "pass", "scorer_type": "cross-attn", "scorer_num_heads": 4},
-    "uni_bert_class_average": {"class_token_pooling": "average"},
+    # the official package knows only the official spans (our exact_feature_spans is ignored there)
+    "uni_bert_class_average": {"class_token_pooling": "average", "exact_feature_spans": False},
     "uni_bert_segments": {"use_segment_embeddings": True},
     "uni_deberta_first": {"backbone": "deberta"},
     "uni_modernbert_first": {"backbone": "modernbert"},
