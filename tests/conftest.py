@@ -75,6 +75,16 @@ def make_tiny():
     return tiny_model
 
 
+@pytest.fixture
+def single_thread():
+    """Tiny tensors: intra-op threads only add spin-waiting on a shared CPU (about 20x slower here). Modules of tiny-
+    model tests use it with `pytestmark = pytest.mark.usefixtures("single_thread")`."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def pytest_configure(config):
     # tiny models spend more time spin-waiting across threads than computing; one thread is fastest on shared CPUs
     torch.set_num_threads(1)

@@ -21,12 +21,8 @@ LABELS = [["positive", "negative", "very good food"], ["food", "service"]]
 EXAMPLES = [{"text": "great film", "labels": ["positive"]}]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _config(model_type: str = "bert", **overrides) -> AutoConfig:

@@ -22,13 +22,8 @@ TEXTS = [SHORT, LONG]
 LABELS = [["positive", "negative", "very good food"], ["food", "service"]]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: intra-op threads only add spin-waiting on a shared CPU (about 20x slower here)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def forward(model, processor, texts=TEXTS, labels=LABELS, **kwargs):

@@ -28,12 +28,8 @@ LABELS = ["positive", "negative", "neutral"]
 TEXTS = ["the movie was good", "the food was terrible and the service was bad", "i love the music"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ----------------------------------------------------------------------------- the --overhead mode

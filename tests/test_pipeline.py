@@ -28,13 +28,8 @@ WORDS = SENTENCE.split(" ")
 LABELS = ["positive", "negative", "neutral"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: extra intra-op threads only spin on the shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

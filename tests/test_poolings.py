@@ -12,12 +12,8 @@ VECTOR_POOLINGS = [name for name in POOLINGS if name != "pass"]
 LENGTHS = [7, 4, 1]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _reference(name: str, x: torch.Tensor) -> torch.Tensor:

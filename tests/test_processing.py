@@ -20,12 +20,8 @@ WORDS = ["the", "movie", "was", "good", "but", "the", "food", "was", "bad", "and
 LONG_TEXT = " ".join(WORDS * 20)  # 260 words, one token each
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make(arch="uni-encoder", backbone="bert", max_length=None, **config) -> GLiClassProcessor:

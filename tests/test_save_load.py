@@ -71,12 +71,8 @@ COMMON_PREFIXES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def logits(model, processor):

@@ -27,12 +27,8 @@ OFFICIAL_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# tiny tensors: one intra-op thread (conftest.single_thread)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_scorer(kind: str, seed: int = 0) -> torch.nn.Module:

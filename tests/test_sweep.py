@@ -5,7 +5,6 @@ chosen config groups as hparams."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,20 +13,7 @@ import pytest
 import yaml
 
 from gliclass.evaluation import sweep
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_py(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.test_train_run import run_py
 
 
 def fake_sweep(root: Path, task: list[str], jobs: list[tuple[list[str], dict | None]]) -> Path:

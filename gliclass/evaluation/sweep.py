@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from gliclass.evaluation.common import run_record
 from gliclass.evaluation.report import fmt, markdown_table, publish
+from gliclass.evaluation.report import mean as mean_of
 
 COMPLETED, FAILED, RUNNING, NOT_STARTED, NO_RESULT = "completed", "failed", "running", "not started", "no result"
 
@@ -140,15 +141,13 @@ def summarize(sweep_dir: Path) -> dict[str, Any]:
         "swept": keys,
         "fixed_overrides": fixed,
         "datasets": names,
-        "embed_sim": {"f1_macro": {n: embed_sim.get(n) for n in names}, "mean": _mean(embed_sim.get(n) for n in names)},
+        "embed_sim": {
+            "f1_macro": {n: embed_sim.get(n) for n in names},
+            "mean": mean_of([embed_sim.get(n) for n in names]),
+        },
         "jobs": rows,
         "job_commits": commits,
     }
-
-
-def _mean(values: Any) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
 
 
 def _label(values: Mapping[str, str]) -> str:
