@@ -182,6 +182,7 @@ class ZeroShotPipeline:
             self.use_label_cache or not self.config.uses_label_encoder
         )
         self._checked_labels: OrderedDict[tuple[str, ...], tuple[str, ...]] = OrderedDict()
+        self._fast_for, self._fast_ids = processor.tokenizer, _FastIds.of(processor.tokenizer)
         self._sequences = _SequenceIds(processor.tokenizer, self._tokens)
 
     # ----------------------------------------------------------------- construction
@@ -325,6 +326,7 @@ class ZeroShotPipeline:
         label-block token ids remembered across calls (call after changing the processor's tokenizer)."""
         self._label_cache.clear()
         self._checked_labels.clear()
+        self._fast_for, self._fast_ids = self.processor.tokenizer, _FastIds.of(self.processor.tokenizer)
         self._sequences = _SequenceIds(self.processor.tokenizer, self._tokens)
 
     # ----------------------------------------------------------------- input checking
@@ -400,8 +402,14 @@ class ZeroShotPipeline:
 
     # ----------------------------------------------------------------- planning: chunks and label groups
     def _tokens(self, strings: list[str], special: bool = True, offsets: bool = False) -> dict[str, list]:
-        # identical to the processor's own call, so a planned sequence is encoded exactly as measured
-        return self.processor.tokenizer(
+        # identical to the processor's own call, so a planned sequence is encoded exactly as measured; ids alone
+        # come straight from the Rust tokenizer where the wrapper's call is the stock one (`_FastIds`)
+        tokenizer = self.processor.tokenizer
+        if tokenizer is not self._fast_for:  # a swapped tokenizer: its own direct path, if it has one
+            self._fast_for, self._fast_ids = tokenizer, _FastIds.of(tokenizer)
+        if not offsets and self._fast_ids is not None:
+            return {"input_ids": self._fast_ids(strings, special)}
+        return tokenizer(
             strings, add_special_tokens=special, truncation=False, return_offsets_mapping=offsets, verbose=False
         )
 
@@ -695,6 +703,50 @@ class _SequenceIds:
             self.cache.popitem(last=False)
 
 
+class _FastIds:
+    """`tokenizer(strings, add_special_tokens=special, truncation=False)["input_ids"]` without the transformers
+    wrapper (its argument handling and BatchEncoding cost ~50-200 us a call): the backend Rust tokenizer set as
+    that call sets it (no truncation, no padding, the wrapper's `split_special_tokens`), then `encode_batch`.
+
+    Only for a stock `TokenizersBackend` whose `__call__` and `_encode_plus` are not overridden and that has no
+    input/target modes; anything else (a slow tokenizer, a subclass with its own call, a wrapper object) keeps the
+    tokenizer's own call."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.backend = tokenizer, tokenizer._tokenizer
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> _FastIds | None:
+        try:
+            from tokenizers import Tokenizer
+            from transformers.tokenization_utils_base import PreTrainedTokenizerBase
+            from transformers.tokenization_utils_tokenizers import TokenizersBackend
+        except ImportError:
+            return None
+        kind = type(tokenizer)
+        stock = (
+            isinstance(tokenizer, TokenizersBackend)
+            and isinstance(getattr(tokenizer, "_tokenizer", None), Tokenizer)
+            and kind.__call__ is PreTrainedTokenizerBase.__call__
+            and kind._encode_plus is TokenizersBackend._encode_plus
+            and not hasattr(tokenizer, "_switch_to_input_mode")  # a tokenizer with modes goes through its own call
+        )
+        return cls(tokenizer) if stock else None
+
+    def __call__(self, strings: list[str], special: bool = True) -> list[list[int]]:
+        backend = self.backend
+        if self.tokenizer._in_target_context_manager:  # the wrapper would switch modes: let it
+            return self.tokenizer(strings, add_special_tokens=special, truncation=False, verbose=False)["input_ids"]
+        if backend.truncation is not None:  # e.g. left by a truncating call on the same tokenizer (label ids)
+            backend.no_truncation()
+        if backend.padding is not None:
+            backend.no_padding()
+        split = self.tokenizer.split_special_tokens
+        if backend.encode_special_tokens != split:
+            backend.encode_special_tokens = split
+        return [encoding.ids for encoding in backend.encode_batch(strings, add_special_tokens=special)]
+
+
 def missing_cpp_compiler() -> str | None:
     """Why torch.compile cannot build CPU kernels here (no C++ compiler found), or None when it can."""
     from torch._inductor.cpp_builder import get_cpp_compiler
@@ -725,8 +777,15 @@ class _Compiled:
     def __call__(self, **batch: Any) -> Any:
         from torch._inductor import config as inductor_config
 
-        with inductor_config.patch(freezing=True):
+        if inductor_config.freezing:  # already on (set by the caller)
             return self.compiled(**batch)
+        # set and restored by hand: `inductor_config.patch(...)` costs ~30-80 us a call, more than a tiny forward's
+        # guard checks
+        inductor_config.freezing = True
+        try:
+            return self.compiled(**batch)
+        finally:
+            inductor_config.freezing = False
 
 
 def _load_torch_model(path: str) -> torch.nn.Module:

@@ -97,7 +97,12 @@ def test_overhead_mode_rejects_other_systems_and_mixed_modes(bench_data: Path):
 
 def test_overhead_defaults_and_explicit_values():
     args = speed.parse_args(["--overhead"])
-    assert (args.systems, args.labels, args.lengths, args.name) == ("ours,official", "1,8,128", "64,512", "overhead")
+    assert (args.systems, args.labels, args.lengths, args.name) == (
+        "ours,ours-compiled,official",
+        "1,8,128",
+        "64,512",
+        "overhead",
+    )
     assert (args.passes, args.calls) == (speed.OVERHEAD["passes"], speed.OVERHEAD["calls"])
     args = speed.parse_args(["--overhead", "--passes", "3", "--labels", "2"])
     assert (args.passes, args.labels) == (3, "2")

@@ -568,6 +568,9 @@ def test_rows_are_tokenized_once_while_planning(uni, monkeypatch):
 def test_compile_without_a_cpp_compiler_names_the_problem(uni, monkeypatch):
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-compiler++",))
-    with pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"):
+    # config.patch restores the setting (monkeypatch's undo leaves inductor without `cpp.cxx` for later compiles)
+    with (
+        inductor_config.patch({"cpp.cxx": ("no-such-compiler++",)}),
+        pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"),
+    ):
         ZeroShotPipeline(*uni, compile=True)

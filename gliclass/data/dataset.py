@@ -88,6 +88,18 @@ class GLiClassDataset(Dataset):
         item["text"], item["id"] = example.text, example.meta.get("id")
         return item
 
+    def sequence_lengths(self, chunk: int = 1024) -> list[int]:
+        """Each example's text-encoder sequence length in tokens (text, labels in their stored order, prompt,
+        examples), capped at the processor's budget: the cost key of length-grouped batching. Label order changes a
+        length by a token at most; a row over the budget is cut (or trimmed) to it."""
+        processor, budget = self.processor, self.processor.budget
+        lengths: list[int] = []
+        for start in range(0, len(self.examples), chunk):
+            part = self.examples[start : start + chunk]
+            strings = [processor.segments(e.text, e.all_labels, e.prompt, e.examples).string for e in part]
+            lengths += [min(len(ids), budget) for ids in processor.tokenizer(strings, verbose=False)["input_ids"]]
+        return lengths
+
     def _encode(self, example: Example, labels: list[str]) -> dict[str, Any]:
         return self.processor.encode(example.text, labels, example.prompt, example.examples)
 

@@ -26,6 +26,13 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
     order, then the groups' leftovers together at the end of the epoch. A bi-encoder then encodes a batch's shared
     label set once instead of once per text.
 
+    With `lengths` (one cost per sample, e.g. its token count) and `length_window`, batches are also length-grouped:
+    each group's samples, in permutation order, are cut into windows of `length_window` batches, each window is
+    sorted by length (longest first; ties keep the permutation order) and cut into batches, and the batches of all
+    groups are shuffled. Dynamic padding then pads each batch to rows of similar length (on the zero-shot mix about
+    2.5x fewer padded tokens than random batches). Windows are drawn afresh every epoch, so batch composition still
+    changes between epochs. Without `groups`, all samples form one group.
+
     With `tag_draws`, it yields `(index, draw)` (see the module docstring) instead of the index alone.
     """
 
@@ -36,11 +43,19 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         groups: Sequence[str] | None = None,
         batch_size: int | None = None,
         tag_draws: bool = False,
+        lengths: Sequence[int] | None = None,
+        length_window: int = 0,
     ) -> None:
         if groups is not None and (len(groups) != size or not batch_size or batch_size < 1):
             raise ValueError(f"groups needs one key per sample ({len(groups)} for {size}) and a batch_size >= 1")
+        if lengths is not None and (len(lengths) != size or not batch_size or batch_size < 1 or length_window < 1):
+            raise ValueError(
+                f"lengths needs one length per sample ({len(lengths)} for {size}), a batch_size >= 1 and a "
+                f"length_window >= 1 (got batch_size={batch_size}, length_window={length_window})"
+            )
         self.size, self.seed, self.tag_draws = size, seed, tag_draws
         self.groups, self.batch_size = (list(groups) if groups is not None else None), batch_size
+        self.lengths, self.length_window = (list(lengths) if lengths is not None else None), length_window
         self.epoch = self.skip = 0
         self.pass_start: tuple[int, int] | None = None  # (epoch, position) where the running pass began
 
@@ -57,7 +72,7 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         # drawing the same way keeps epoch 0 identical to `DataLoader(shuffle=True, generator=seeded)`
         torch.empty((), dtype=torch.int64).random_(generator=generator)
         order = torch.randperm(self.size, generator=generator).tolist()
-        if self.groups is not None:
+        if self.groups is not None or self.lengths is not None:
             order = self._grouped(order, generator)
         start, self.skip = self.skip, 0
         self.pass_start = (self.epoch, start)
@@ -68,15 +83,25 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
     def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
         members: dict[str, list[int]] = {}
         for index in order:  # groups in first-seen order, members in permutation order: all seeded
-            members.setdefault(self.groups[index], []).append(index)
+            members.setdefault(self.groups[index] if self.groups is not None else "", []).append(index)
         batches, leftovers = [], []
         size = self.batch_size
         for indices in members.values():
+            if self.lengths is not None:
+                indices = self._length_sorted(indices)
             full = len(indices) // size * size
             batches += [indices[i : i + size] for i in range(0, full, size)]
             leftovers += indices[full:]
         shuffled = torch.randperm(len(batches), generator=generator).tolist()
         return [index for b in shuffled for index in batches[b]] + leftovers
+
+    def _length_sorted(self, indices: list[int]) -> list[int]:
+        """Each window of `length_window` batches sorted by length, longest first (a stable sort)."""
+        window = self.batch_size * self.length_window
+        out: list[int] = []
+        for start in range(0, len(indices), window):
+            out += sorted(indices[start : start + window], key=lambda i: -self.lengths[i])
+        return out
 
 
 class ResumableLoader(DataLoader):

@@ -31,6 +31,8 @@ OFFICIAL_SEP_TOKEN = "<<SEP>>"
 OUR_SYSTEMS: dict[str, tuple[str, dict[str, Any]]] = {
     "ours": ("torch", {}),
     "ours-compiled": ("torch", {"compile": True}),
+    "ours-nocache": ("torch", {"label_cache": False}),  # a bi-encoder's label tower on every call, as the official
+    "ours-bf16": ("torch", {"precision": "bf16"}),
     "ours-fast": ("torch", {"compile": True, "precision": "bf16"}),
     "ours-fast-truncate": ("torch", {"compile": True, "precision": "bf16", "long_text": "truncate"}),
     "ours-bi-cached": ("torch", {}),
@@ -63,7 +65,8 @@ def maxrss_mb() -> float:
 class OfficialSystem:
     """The official `gliclass` pipeline on a checkpoint directory (official package only)."""
 
-    def __init__(self, model_dir: str, max_length: int) -> None:
+    def __init__(self, model_dir: str, max_length: int, precision: str = "fp32") -> None:
+        import torch
         from transformers import AutoTokenizer
 
         from gliclass import GLiClassModel, ZeroShotClassificationPipeline
@@ -80,10 +83,18 @@ class OfficialSystem:
             progress_bar=False,
         )
         self.batch_size = 8
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision={precision!r}; choose 'fp32' or 'bf16'")
+        self.autocast = (
+            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+        )
+        config = getattr(self.model, "config", None)
+        self.bi_encoder = getattr(config, "architecture_type", None) == "bi-encoder"
 
     def _call(self, texts: list[str], labels: list[str], multi_label: bool, **kwargs: Any) -> Any:
         kind = "multi-label" if multi_label else "single-label"
-        return self.pipe(texts, labels, batch_size=self.batch_size, classification_type=kind, **kwargs)
+        with self.autocast():
+            return self.pipe(texts, labels, batch_size=self.batch_size, classification_type=kind, **kwargs)
 
     def predict(self, texts: list[str], labels: list[str], multi_label: bool) -> Any:
         return self._call(texts, labels, multi_label, threshold=0.5)
@@ -95,7 +106,12 @@ class OfficialSystem:
     def forward_fn(self, texts: list[str], labels: list[str]) -> Any:
         """The model alone on the inputs the pipeline builds for (texts, labels), prepared once, called as it does."""
         inputs = self.pipe.pipe.prepare_inputs(texts, labels, same_labels=True)
-        return lambda: self.model(**inputs, max_num_classes=len(labels), adapter_ids=None)
+
+        def call() -> Any:
+            with self.autocast():
+                return self.model(**inputs, max_num_classes=len(labels), adapter_ids=None)
+
+        return call
 
     @contextlib.contextmanager
     def model_stub(self, texts: list[str], labels: list[str]) -> Any:
@@ -108,10 +124,22 @@ class OfficialSystem:
             self.pipe.pipe.model = model
 
     def labels_scored(self, text: str, labels: list[str]) -> int:
-        """How many <<LABEL>> tokens survive the official truncation (it cuts labels, not text)."""
+        """How many <<LABEL>> tokens survive the official truncation (it cuts labels, not text). A bi-encoder's
+        labels are not in the text sequence (the label tower reads them): every label is scored, the text is cut."""
+        if self.bi_encoder:
+            return len(labels)
         string = text + "".join(OFFICIAL_LABEL_TOKEN + label for label in labels) + OFFICIAL_SEP_TOKEN
         ids = self.tokenizer(string, truncation=True, max_length=self.max_length)["input_ids"]
         return ids.count(self.tokenizer.convert_tokens_to_ids(OFFICIAL_LABEL_TOKEN))
+
+    def shapes(self, texts: list[str], labels: list[str]) -> dict[str, list[int]]:
+        """Real (unpadded) tokens of the first text's encoder row and, for a bi-encoder, of each label in the label
+        tower, which the official pipeline runs on every call."""
+        inputs = self.pipe.pipe.prepare_inputs(texts[:1], labels, same_labels=True)
+        out = {"rows": [int(inputs["attention_mask"][0].sum())], "label_rows": []}
+        if self.bi_encoder:
+            out["label_rows"] = [int(n) for n in inputs["class_attention_mask"][0].sum(-1)]
+        return out
 
 
 class _Stub:
@@ -124,9 +152,23 @@ class _Stub:
         return self.output
 
 
+def pipeline_shapes(system: Any, texts: list[str], labels: list[str]) -> dict[str, list[int]]:
+    """Our pipeline's rows for the first text (tokens each, as planned) and the label-tower tokens it runs per call:
+    each row's labels unless the bi-encoder label cache serves them (then none after the first call)."""
+    pipe = getattr(system, "pipe", None)
+    if pipe is None:
+        raise ValueError(f"{type(system).__name__} has no pipeline to report shapes of")
+    rows = pipe.plan(texts[:1], labels)[0]
+    label_rows: list[int] = []
+    if pipe.config.uses_label_encoder and not pipe.use_label_cache:
+        for row in rows:
+            label_rows += [len(ids) for ids in pipe.processor.label_ids(row["labels"])]
+    return {"rows": [row["tokens"] for row in rows], "label_rows": label_rows}
+
+
 def build_system(args: argparse.Namespace) -> Any:
-    if args.system == "official":
-        return OfficialSystem(args.model, args.max_length)
+    if args.system in ("official", "official-bf16"):
+        return OfficialSystem(args.model, args.max_length, "bf16" if args.system == "official-bf16" else "fp32")
     from gliclass.evaluation.systems import GLiClassSystem, PairwiseCrossEncoder
 
     if args.system in OUR_SYSTEMS:
@@ -162,6 +204,8 @@ def handle(system: Any, request: dict[str, Any]) -> dict[str, Any]:
     set_batch_size(system, int(request.get("batch_size", 8)))
     if cmd == "scores":
         return {"scores": np.asarray(system.scores(texts, labels, multi_label), dtype=float).tolist()}
+    if cmd == "shapes":
+        return system.shapes(texts, labels) if hasattr(system, "shapes") else pipeline_shapes(system, texts, labels)
     if cmd == "time":
         # warm-up on the first `warmup_texts` texts only, so a batched warm-up does not cost a full pass
         warm = texts[: int(request.get("warmup_texts") or len(texts))]
@@ -201,7 +245,8 @@ def main() -> None:
 
     # the script's own folder holds data.py/metrics.py, which must not shadow top-level modules
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
-    if args.system == "official":
+    official = args.system in ("official", "official-bf16")
+    if official:
         sys.path[:] = [p for p in sys.path if not _inside_repo(p)]
     protocol = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # library prints must not corrupt the protocol stream
@@ -210,7 +255,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
-    if args.system == "official":
+    if official:
         import gliclass
 
         if _inside_repo(gliclass.__file__):

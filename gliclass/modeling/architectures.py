@@ -122,9 +122,16 @@ def _label_slots(labels_mask: torch.Tensor | None, input_ids: torch.Tensor, clas
         slots = int(counts.max()) if counts.numel() else 0
         return torch.arange(slots, device=input_ids.device).unsqueeze(0) < counts.unsqueeze(1)
     labels_mask = labels_mask.bool()
-    # data-dependent check: skipped while torch.export traces (ONNX export), where it cannot be evaluated
-    if not torch.compiler.is_exporting():
-        _check_label_slots(labels_mask, counts)
+    # data-dependent check: skipped while torch.export traces (ONNX export), where it cannot be evaluated; under
+    # torch.compile an in-graph assertion (same condition, shorter message) keeps the graph whole
+    if torch.compiler.is_exporting():
+        return labels_mask
+    if torch.compiler.is_compiling():
+        expected = torch.arange(labels_mask.shape[1], device=labels_mask.device).unsqueeze(0) < counts.unsqueeze(1)
+        ok = (counts <= labels_mask.shape[1]).all() & (labels_mask == expected).all()
+        torch._assert_async(ok, "labels_mask must mark exactly the first n slots of a row with n <<LABEL>> tokens")
+        return labels_mask
+    _check_label_slots(labels_mask, counts)
     return labels_mask
 
 

@@ -8,7 +8,12 @@ Files written to the output directory:
   so label vectors are computed once and cached, as with torch.
 - `*.int8.onnx` with `quantize="int8"` (onnxruntime dynamic quantisation: int8 weights, activations quantised on
   the fly).
-- `config.json`, the tokenizer files and `gliclass_onnx.json` (which files exist, and the parity check result).
+- `config.json`, the tokenizer files and `gliclass_onnx.json` (which files exist, the fusions, the parity check).
+
+Speed: the graphs are traced with the backbones' plain ("eager") attention, which onnxruntime's transformer optimizer
+fuses, for BERT-family encoders, into its `Attention`, `SkipLayerNormalization`, `EmbedLayerNormalization` and
+`BiasGelu` kernels (the SDPA trace, with its NaN guard, matches no fusion pattern). Those are onnxruntime contrib ops
+(CPU and CUDA providers); `optimize=False` writes plain ONNX ops for other runtimes.
 """
 
 from __future__ import annotations
@@ -16,14 +21,17 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
 
 from gliclass.processing import GLiClassProcessor
 
@@ -31,7 +39,10 @@ META_FILE = "gliclass_onnx.json"
 TEXT_GRAPH = "model.onnx"
 LABEL_GRAPH = "label_encoder.onnx"
 QUANTIZATIONS = ("int8",)
-OPSET = 18
+EXPORTERS = ("torchscript", "dynamo")
+OPSET = 17  # the TorchScript exporter's opset 18 graphs (e.g. ReduceMean with axes as an input) defeat the fusions
+# encoders with BERT's layer layout, which onnxruntime's "bert" fusions match
+FUSED_MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert", "electra")
 
 
 class TextGraph(nn.Module):
@@ -102,6 +113,35 @@ def _sample_inputs(model: nn.Module, processor: GLiClassProcessor) -> dict[str, 
     return batch
 
 
+class _Positional(nn.Module):
+    """`module` called with its inputs by position, in `names` order (the TorchScript exporter takes no kwargs)."""
+
+    def __init__(self, module: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.module, self.names = module, names
+        # the TorchScript exporter restores the wrapper's training flag onto every child when it is done: a fresh
+        # module's True would leave the model's dropout on
+        self.eval()
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.module(**dict(zip(self.names, args, strict=True)))
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module) -> Iterator[None]:
+    """Within: every backbone of `model` runs the plain attention (matmul, mask add, softmax), the pattern that
+    onnxruntime fuses; the previous implementation is restored on exit."""
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel) and m is not model}
+    saved = {key: config._attn_implementation for key, config in configs.items()}
+    try:
+        for config in configs.values():
+            config._attn_implementation = "eager"
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = saved[key]
+
+
 def _export(
     module: nn.Module,
     inputs: dict[str, torch.Tensor],
@@ -109,41 +149,64 @@ def _export(
     outputs: list[str],
     axes: dict[str, dict[int, str]],
     path: Path,
-    optimize: bool,
+    exporter: str,
 ) -> None:
-    kwargs = {name: inputs[name] for name in names}  # by name: the graphs take different optional inputs
+    args = tuple(inputs[name] for name in names)  # the graphs take different optional inputs
     large = sum(p.numel() * p.element_size() for p in module.parameters()) > 1.8 * 2**30
-    dims = {label: torch.export.Dim(label, min=1) for spec in axes.values() for label in spec.values()}
-    shapes = {name: {axis: dims[label] for axis, label in axes[name].items()} for name in names}
-    # the exporter prints progress on stdout, which would corrupt the CLI's JSON output
+    # the exporters print progress on stdout, which would corrupt the CLI's JSON output
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _torch_export(module, kwargs, names, outputs, shapes, path, optimize, large)
+        if exporter == "torchscript":
+            torch.onnx.export(
+                _Positional(module, names),
+                args,
+                str(path),
+                input_names=names,
+                output_names=outputs,
+                dynamic_axes={name: axes[name] for name in names + outputs if name in axes},
+                opset_version=OPSET,
+                dynamo=False,
+            )
+            return
+        dims = {label: torch.export.Dim(label, min=1) for spec in axes.values() for label in spec.values()}
+        torch.onnx.export(
+            _Positional(module, names),
+            args,
+            str(path),
+            input_names=names,
+            output_names=outputs,
+            dynamic_shapes=[{axis: dims[label] for axis, label in axes[name].items()} for name in names],
+            opset_version=OPSET,
+            dynamo=True,
+            optimize=True,
+            external_data=large,
+        )
 
 
-def _torch_export(
-    module: nn.Module,
-    kwargs: dict[str, torch.Tensor],
-    names: list[str],
-    outputs: list[str],
-    shapes: dict[str, Any],
-    path: Path,
-    optimize: bool,
-    large: bool,
-) -> None:
-    torch.onnx.export(
-        module,
-        (),
-        str(path),
-        kwargs=kwargs,
-        input_names=names,
-        output_names=outputs,
-        dynamic_shapes=shapes,
-        opset_version=OPSET,
-        dynamo=True,
-        optimize=optimize,
-        external_data=large,
-    )
+def graph_inputs(path: Path) -> list[str]:
+    import onnx
+
+    return [value.name for value in onnx.load(str(path), load_external_data=False).graph.input]
+
+
+def fuse(path: Path, encoder: PretrainedConfig) -> dict[str, int]:
+    """Rewrite the graph at `path` with onnxruntime's transformer fusions for `encoder` (BERT-family only; others are
+    left as traced); returns how many of each fused op it holds."""
+    if encoder.model_type not in FUSED_MODEL_TYPES:
+        return {}
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)  # "symbolic shape inference failed" etc.
+    with contextlib.redirect_stdout(io.StringIO()):
+        fused = optimize_model(
+            str(path),
+            model_type="bert",
+            num_heads=encoder.num_attention_heads,
+            hidden_size=encoder.hidden_size,
+            opt_level=0,  # fusions only: onnxruntime applies its own graph optimisations when it loads the file
+        )
+        fused.save_model_to_file(str(path), use_external_data_format=path.stat().st_size > 1.8 * 2**30)
+    return {op: count for op, count in fused.get_fused_operator_statistics().items() if count}
 
 
 def export_onnx(
@@ -153,15 +216,19 @@ def export_onnx(
     quantize: str | None = None,
     optimize: bool = True,
     check: bool = True,
+    exporter: str = "torchscript",
 ) -> dict[str, Any]:
     """Write the ONNX graphs, tokenizer and config of `model` to `out_dir`; return the metadata written.
 
-    optimize: let the exporter fold constants and fuse patterns (slower export, leaner graph).
+    optimize: fuse attention, LayerNorm and GELU into onnxruntime's kernels (see the module docstring).
     check: run the sample batch through onnxruntime and record the largest logit difference to torch.
+    exporter: "torchscript" (the traced graph the fusions match) or "dynamo" (`torch.export`; fewer fusions match).
     """
     architecture = model.config.architecture_type
     if quantize is not None and quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize={quantize!r} is not supported; choose one of {list(QUANTIZATIONS)} or None")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter={exporter!r}; choose one of {list(EXPORTERS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
@@ -175,11 +242,15 @@ def export_onnx(
         "class_input_ids": {0: "batch", 1: "label_sequence"},
         "class_attention_mask": {0: "batch", 1: "label_sequence"},
         "logits": {0: "batch", 1: "num_labels"},
+        "text_embeddings": {0: "batch"},
         "class_embeddings_out": {0: "batch", 1: "num_labels"},
     }
     names = text_input_names(architecture)
     files = {"text": TEXT_GRAPH}
-    with torch.no_grad():
+    fusions = {}
+    config = model.config
+    text_encoder = config.encoder_config if architecture != "encoder-decoder" else None
+    with torch.no_grad(), eager_attention(model) if optimize else contextlib.nullcontext():
         _export(
             TextGraph(model),
             inputs,
@@ -187,9 +258,11 @@ def export_onnx(
             ["logits", "text_embeddings", "class_embeddings_out"],
             axes,
             out / TEXT_GRAPH,
-            optimize,
+            exporter,
         )
-        if model.config.uses_label_encoder:
+        if optimize and text_encoder is not None:
+            fusions["text"] = fuse(out / TEXT_GRAPH, text_encoder)
+        if config.uses_label_encoder:
             rows, cols = inputs["labels_mask"].bool().nonzero(as_tuple=True)
             label_inputs = {
                 "class_input_ids": inputs["class_input_ids"][rows, cols],
@@ -207,16 +280,20 @@ def export_onnx(
                 ["label_embeddings"],
                 label_axes,
                 out / LABEL_GRAPH,
-                optimize,
+                exporter,
             )
             files["labels"] = LABEL_GRAPH
-    model.config.save_pretrained(out)
+            if optimize:
+                fusions["labels"] = fuse(out / LABEL_GRAPH, config.label_model_config)
+    config.save_pretrained(out)
     processor.save_pretrained(out)
     meta: dict[str, Any] = {
         "architecture_type": architecture,
         "files": files,
-        "inputs": names,
+        "inputs": graph_inputs(out / TEXT_GRAPH),
         "opset": OPSET,
+        "exporter": exporter,
+        "fusions": fusions,
     }
     if quantize == "int8":
         meta["int8_files"] = {role: quantize_int8(out / name) for role, name in files.items()}
@@ -228,7 +305,9 @@ def export_onnx(
 
 
 def quantize_int8(path: Path) -> str:
-    """Dynamic int8 quantisation of one graph; returns the new file name (beside the original)."""
+    """Dynamic int8 quantisation of one graph (fused ops included: `Attention` becomes `QAttention`); returns the new
+    file name (beside the original)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -240,7 +319,9 @@ def quantize_int8(path: Path) -> str:
             source = prepared
         except Exception:  # noqa: BLE001 -- pre-processing is an optimisation; quantise the raw graph instead
             source = path
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+        # contrib ops (the fusions) have no type in ONNX shape inference: their float outputs are float32
+        options = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, extra_options=options)
     return target.name
 
 
