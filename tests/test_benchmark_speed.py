@@ -105,7 +105,7 @@ def test_interleaved_cells_take_turns_cap_and_survive_errors():
         "c": FakeWorker("c", 0.5, log, fail=True),
     }
     request = {"texts": ["x"], "labels": ["l1", "l2"], "batch_size": 1, "multi_label": True}
-    result = speed._interleaved(workers, ["a", "b", "c"], request, passes=4, cap=3.0)
+    result = speed.interleaved(workers, ["a", "b", "c"], request, passes=4, cap=3.0)
     assert log == ["a", "b", "b", "a", "a", "a"]  # round 0: a, b; round 1: b, a (rotated); then b is over the cap
     assert result["a"]["passes"] == 4 and result["b"]["passes"] == 2
     assert result["a"]["examples_per_s"] == pytest.approx(100.0)

@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sequence = len(tokenizer(processor.segments(texts[length], labels).string)["input_ids"])
             cell: dict[str, Any] = {"text_tokens": length, "labels": count, "sequence_tokens": sequence, "systems": {}}
             request = {"texts": [texts[length]], "labels": labels, "batch_size": 1, "multi_label": True}
-            cell["systems"] = _interleaved(workers, rotate(order, k), request, args.passes, args.cell_cap)
+            cell["systems"] = interleaved(workers, rotate(order, k), request, args.passes, args.cell_cap)
             _add_shapes(cell, workers, order, request, configs)
             cells.append(cell)
             print(_progress(cell))
@@ -460,7 +460,7 @@ def agreement_stats(rows: Sequence[Sequence[float]], reference: Sequence[Sequenc
     return {"top1_agreement": same / len(rows), "max_abs_prob_diff": diff}
 
 
-def _interleaved(
+def interleaved(
     workers: dict[str, Worker],
     order: Sequence[str],
     request: dict[str, Any],
@@ -542,7 +542,7 @@ def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
                 # each system's whole call, its model alone and its pipeline alone take turns with the other
                 # systems' in one rotation
                 parts = {f"{name}{part}": _Part(workers[name], part) for name in order for part in PARTS}
-                timed = _interleaved(
+                timed = interleaved(
                     parts, rotate(list(parts), len(PARTS) * k), request, args.passes, args.cell_cap, args.calls, 3
                 )
                 systems = {name: _overhead_result(*(timed[name + part] for part in PARTS)) for name in order}

@@ -115,19 +115,24 @@ class GLiClassBase(nn.Module):
         return logits
 
 
+def _first_slots(counts: torch.Tensor, width: int) -> torch.Tensor:
+    """[B, width] mask of each row's first `counts[row]` slots."""
+    return torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
+
+
 def _label_slots(labels_mask: torch.Tensor | None, input_ids: torch.Tensor, class_token_index: int) -> torch.Tensor:
     """`labels_mask` checked against the `<<LABEL>>` tokens of `input_ids`, or derived from them when not given."""
     counts = (input_ids == class_token_index).sum(-1)
     if labels_mask is None:
         slots = int(counts.max()) if counts.numel() else 0
-        return torch.arange(slots, device=input_ids.device).unsqueeze(0) < counts.unsqueeze(1)
+        return _first_slots(counts, slots)
     labels_mask = labels_mask.bool()
     # data-dependent check: skipped while torch.export traces (ONNX export), where it cannot be evaluated; under
     # torch.compile an in-graph assertion (same condition, shorter message) keeps the graph whole
     if torch.compiler.is_exporting():
         return labels_mask
     if torch.compiler.is_compiling():
-        expected = torch.arange(labels_mask.shape[1], device=labels_mask.device).unsqueeze(0) < counts.unsqueeze(1)
+        expected = _first_slots(counts, labels_mask.shape[1])
         ok = (counts <= labels_mask.shape[1]).all() & (labels_mask == expected).all()
         torch._assert_async(ok, "labels_mask must mark exactly the first n slots of a row with n <<LABEL>> tokens")
         return labels_mask
@@ -138,7 +143,7 @@ def _label_slots(labels_mask: torch.Tensor | None, input_ids: torch.Tensor, clas
 def _check_label_slots(labels_mask: torch.Tensor, counts: torch.Tensor) -> None:
     """Slot k of a row is read from its k-th `<<LABEL>>`, so a row with n of them must mark exactly its first n slots
     (any other slot would silently get a zero vector and a plausible logit)."""
-    expected = torch.arange(labels_mask.shape[1], device=labels_mask.device).unsqueeze(0) < counts.unsqueeze(1)
+    expected = _first_slots(counts, labels_mask.shape[1])
     if bool((counts <= labels_mask.shape[1]).all()) and torch.equal(labels_mask, expected):
         return
     marked = labels_mask.sum(-1)

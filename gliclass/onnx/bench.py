@@ -25,7 +25,7 @@ from transformers import AutoTokenizer
 from gliclass.data.benchmarks import data_root, read_benchmark, read_labels
 from gliclass.evaluation.common import DEFAULT_MODEL, run_record
 from gliclass.evaluation.report import markdown_table, publish
-from gliclass.evaluation.speed import LABEL_SOURCE, TEXT_SOURCE, _interleaved, mixed_texts, rotate, text_of_length
+from gliclass.evaluation.speed import LABEL_SOURCE, TEXT_SOURCE, interleaved, mixed_texts, rotate, text_of_length
 from gliclass.evaluation.workers import Worker
 from gliclass.onnx.export import export_onnx
 from gliclass.processing import GLiClassProcessor
@@ -55,7 +55,7 @@ def batch1_cells(
         try:
             for k, (length, count) in enumerate((t, c) for t in args.lengths for c in args.labels):
                 request = {"texts": [texts[length]], "labels": pool[:count], "batch_size": 1, "multi_label": True}
-                systems = _interleaved(workers, rotate(list(dirs), k), request, args.passes, args.cell_cap)
+                systems = interleaved(workers, rotate(list(dirs), k), request, args.passes, args.cell_cap)
                 cell = {"threads": threads, "text_tokens": length, "labels": count, "systems": systems}
                 eager = systems[EAGER]["examples_per_s"]
                 cell["ratios"] = {name: systems[name]["examples_per_s"] / eager for name in ONNX_SYSTEMS}

@@ -152,34 +152,27 @@ def _export(
     exporter: str,
 ) -> None:
     args = tuple(inputs[name] for name in names)  # the graphs take different optional inputs
-    large = sum(p.numel() * p.element_size() for p in module.parameters()) > 1.8 * 2**30
+    if exporter == "torchscript":
+        options = {"dynamic_axes": {name: axes[name] for name in names + outputs if name in axes}, "dynamo": False}
+    else:
+        dims = {label: torch.export.Dim(label, min=1) for spec in axes.values() for label in spec.values()}
+        options = {
+            "dynamic_shapes": [{axis: dims[label] for axis, label in axes[name].items()} for name in names],
+            "dynamo": True,
+            "optimize": True,
+            "external_data": sum(p.numel() * p.element_size() for p in module.parameters()) > 1.8 * 2**30,
+        }
     # the exporters print progress on stdout, which would corrupt the CLI's JSON output
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(
-                _Positional(module, names),
-                args,
-                str(path),
-                input_names=names,
-                output_names=outputs,
-                dynamic_axes={name: axes[name] for name in names + outputs if name in axes},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-            return
-        dims = {label: torch.export.Dim(label, min=1) for spec in axes.values() for label in spec.values()}
         torch.onnx.export(
             _Positional(module, names),
             args,
             str(path),
             input_names=names,
             output_names=outputs,
-            dynamic_shapes=[{axis: dims[label] for axis, label in axes[name].items()} for name in names],
             opset_version=OPSET,
-            dynamo=True,
-            optimize=True,
-            external_data=large,
+            **options,
         )
 
 
