@@ -147,11 +147,26 @@ class GLiClassProcessor:
         label_tokenizer: PreTrainedTokenizerBase | None = None,
         label_max_length: int = 64,
         min_text_tokens: int = 8,
+        label_template: str | None = None,
     ) -> None:
         """`min_text_tokens`: when a sequence is over the budget and its text must be cut, the fewest text tokens it
-        may keep (all of them for a shorter text); labels that leave less raise `LabelBudgetError`."""
+        may keep (all of them for a shorter text); labels that leave less raise `LabelBudgetError`.
+
+        `label_template` (label-encoder models only): the label tower reads each label inside this sentence, its one
+        `{}` replaced by the label ("This text is about {}."). Saved with the processor, so a model trained with a
+        template is scored with it. Official checkpoints have none; the official package ignores it (pass it
+        formatted labels there)."""
         if isinstance(min_text_tokens, bool) or not isinstance(min_text_tokens, int) or min_text_tokens < 1:
             raise ValueError(f"min_text_tokens must be an int >= 1, got {min_text_tokens!r}")
+        if label_template is not None:
+            if not isinstance(label_template, str) or label_template.count("{}") != 1:
+                raise ValueError(f"label_template must be a string with exactly one '{{}}', got {label_template!r}")
+            if not config.uses_label_encoder:
+                raise ValueError(
+                    f"label_template applies to a label encoder's input; {config.architecture_type} reads its labels "
+                    "inside the text sequence"
+                )
+        self.label_template = label_template
         self.tokenizer = tokenizer
         self.config = config
         self.max_length = max_length
@@ -216,6 +231,8 @@ class GLiClassProcessor:
                 "label_max_length": self.label_max_length,
                 "min_text_tokens": self.min_text_tokens,
             }
+            if self.label_template is not None:  # absent: files stay as they were for models without one
+                settings["label_template"] = self.label_template
             json.dump(settings, f, indent=2)
 
     # ----------------------------------------------------------------- strings
@@ -352,7 +369,9 @@ class GLiClassProcessor:
         return out
 
     def label_ids(self, labels: Sequence[str]) -> list[list[int]]:
-        """Label-encoder token ids, one list per label (bi-encoders)."""
+        """Label-encoder token ids, one list per label (bi-encoders), each label inside `label_template` if set."""
+        if self.label_template is not None:
+            labels = [self.label_template.replace("{}", label) for label in labels]
         return self.label_tokenizer(list(labels), truncation=True, max_length=self.label_max_length, verbose=False)[
             "input_ids"
         ]

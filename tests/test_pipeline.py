@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gliclass
-from gliclass import build_model
+from gliclass import GLiClassProcessor, build_model
 from gliclass.pipeline import ZeroShotPipeline
 from gliclass.processing import LabelBudgetError, ReservedTokenError, check_text
 
@@ -574,3 +574,21 @@ def test_compile_without_a_cpp_compiler_names_the_problem(uni, monkeypatch):
         pytest.raises(RuntimeError, match="needs a C\\+\\+ compiler"),
     ):
         ZeroShotPipeline(*uni, compile=True)
+
+
+@pytest.mark.parametrize("label_cache", [True, False])
+def test_a_label_template_scores_like_formatted_labels(label_cache):
+    model, processor = tiny_model(architecture_type="bi-encoder", pooling_strategy="avg")
+    templated = GLiClassProcessor(
+        processor.tokenizer, processor.config, label_tokenizer=processor.label_tokenizer, label_template="a {} text"
+    )
+    texts, labels = ["the match ended", "a new phone"], ["sports", "tech"]
+    with_template = ZeroShotPipeline(model, templated, label_cache=label_cache).scores(texts, labels)
+    formatted = ZeroShotPipeline(model, processor, label_cache=label_cache).scores(
+        texts, [f"a {x} text" for x in labels]
+    )
+    bare = ZeroShotPipeline(model, processor, label_cache=label_cache).scores(texts, labels)
+    for got, want, plain in zip(with_template, formatted, bare, strict=True):
+        assert list(got) == labels  # results keep the caller's label names
+        assert list(got.values()) == pytest.approx(list(want.values()), abs=1e-6)
+        assert list(got.values()) != pytest.approx(list(plain.values()), abs=1e-6)

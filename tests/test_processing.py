@@ -376,3 +376,26 @@ def test_bi_encoder_needs_a_label_tokenizer():
     processor = make("bi-encoder")
     with pytest.raises(ValueError, match="needs a label_tokenizer"):
         GLiClassProcessor(processor.tokenizer, processor.config)
+
+
+def test_label_template_wraps_the_label_towers_input_and_is_saved(tmp_path):
+    model, processor = tiny_model(architecture_type="bi-encoder", pooling_strategy="avg")
+    templated = GLiClassProcessor(
+        processor.tokenizer, processor.config, label_tokenizer=processor.label_tokenizer, label_template="a {} text"
+    )
+    assert templated.label_ids(["sports"]) == processor.label_ids(["a sports text"])
+    batch = templated(["the match ended"], [["sports", "news"]])
+    expected = processor(["the match ended"], [["a sports text", "a news text"]])
+    torch.testing.assert_close(batch["class_input_ids"], expected["class_input_ids"])
+    torch.testing.assert_close(batch["input_ids"], processor(["the match ended"], [["sports", "news"]])["input_ids"])
+    templated.save_pretrained(tmp_path)
+    assert GLiClassProcessor.from_pretrained(tmp_path, config=processor.config).label_template == "a {} text"
+    processor.save_pretrained(tmp_path / "bare")  # no template: the file has no key for it
+    assert "label_template" not in (tmp_path / "bare" / "gliclass_processor.json").read_text()
+    for bad in ("no slot", "{} and {}", 3):
+        with pytest.raises(ValueError, match="exactly one"):
+            GLiClassProcessor(processor.tokenizer, processor.config, label_tokenizer=processor.label_tokenizer,
+                              label_template=bad)  # fmt: skip
+    uni = make()
+    with pytest.raises(ValueError, match="inside the text sequence"):
+        GLiClassProcessor(uni.tokenizer, uni.config, label_template="a {} text")

@@ -15,6 +15,9 @@ from gliclass.data.resumable import EpochSampler
 from gliclass.evaluation.data import load_eval_set
 from gliclass.modeling.architectures import GLiClassOutput
 from gliclass.modeling.losses import GLiClassLoss, label_cross_entropy
+from gliclass.training.build import build_model_and_processor, freeze_embeddings, tie_towers
+from gliclass.training.lora import export_model
+from gliclass.training.optim import parameter_groups
 from gliclass.training.utils import interpolate_weights, snapshot_weights, zero_shot_summary
 
 TEXTS = ["a great phone with a long battery", "the match ended after extra time"]
@@ -162,3 +165,75 @@ def test_small_test_splits_are_taken_whole():
     assert len(load_eval_set("cr", SHARED_DATA, limit=10)) == 10
     assert len(load_eval_set("cr", SHARED_DATA, limit=10, whole_up_to=1000)) == 753  # the whole test split
     assert len(load_eval_set("sst2", SHARED_DATA, limit=10, whole_up_to=1000)) == 10  # 1,821 rows: sampled
+
+
+def tiny_bi_encoder(**options):
+    torch.manual_seed(0)
+    backbone = {"spec": TINY_BACKBONES["bert"], "tokenizer": tiny_tokenizer(), "pretrained": False}
+    config = {"architecture_type": "bi-encoder", "pooling_strategy": "avg", "normalize_features": True}
+    return build_model_and_processor(backbone, config, max_length=64, **options)
+
+
+def test_tied_towers_train_as_one_module_and_export_as_two(tmp_path):
+    """tie_encoders: one tower reads texts and labels; WiSE updates it once; the export is the official layout."""
+    model, processor = tiny_bi_encoder(tie_encoders=True)
+    inner = model.model
+    assert inner.label_encoder is inner.encoder_model
+    untied, _ = tiny_bi_encoder()
+    tower = sum(p.numel() for p in inner.encoder_model.parameters())
+    assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters()) == tower
+    start = snapshot_weights(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    interpolate_weights(model, start, 0.5)  # a shared tensor moved twice would end at +0.75, not +0.5
+    key = "model.encoder_model.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(model.state_dict()[key], start[key] + 0.5)
+    model.eval()
+    batch = processor(TEXTS, [LABELS] * 2)
+    with torch.no_grad():
+        before = model(**batch).logits
+    export_model(model, tmp_path, processor)
+    assert inner.label_encoder is inner.encoder_model  # the export does not untie the model in training
+    loaded = GLiClassModel.from_pretrained(tmp_path).eval()
+    assert loaded.model.label_encoder is not loaded.model.encoder_model
+    for name, value in loaded.model.encoder_model.state_dict().items():
+        torch.testing.assert_close(loaded.model.label_encoder.state_dict()[name], value)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, before)
+
+
+def test_tie_encoders_refuses_what_it_cannot_tie():
+    torch.manual_seed(0)
+    backbone = {"spec": TINY_BACKBONES["bert"], "tokenizer": tiny_tokenizer(), "pretrained": False}
+    with pytest.raises(ValueError, match="bi-encoder"):
+        build_model_and_processor(backbone, {"architecture_type": "uni-encoder"}, max_length=64, tie_encoders=True)
+    model, _ = tiny_bi_encoder()
+    model.config.label_model_name = "another/backbone"
+    with pytest.raises(ValueError, match="another/backbone"):
+        tie_towers(model)
+
+
+def test_frozen_word_embeddings_stay_put_while_the_rest_trains():
+    model, processor = tiny_bi_encoder(freeze_word_embeddings=True)
+    tables = [
+        model.model.encoder_model.embeddings.word_embeddings,
+        model.model.label_encoder.embeddings.word_embeddings,
+    ]
+    assert all(not t.weight.requires_grad for t in tables)
+    groups = parameter_groups(model, encoder_lr=1e-3)
+    grouped = {id(p) for g in groups for p in g["params"]}
+    assert all(id(t.weight) not in grouped for t in tables)
+    before = [t.weight.detach().clone() for t in tables]
+    layer = model.model.encoder_model.encoder.layer[0].attention.self.query.weight
+    layer_before = layer.detach().clone()
+    optimizer = torch.optim.AdamW(groups, lr=1e-2)
+    batch = processor(TEXTS, [LABELS] * 2)
+    model.train()
+    model(**batch).logits.sum().backward()
+    optimizer.step()
+    for table, value in zip(tables, before, strict=True):
+        torch.testing.assert_close(table.weight, value)
+    assert not torch.equal(layer, layer_before)
+    with pytest.raises(ValueError, match="embedding table"):
+        freeze_embeddings(model)  # nothing left to freeze: a second call is a mistake, not a no-op

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from gliclass.data import Example, GLiClassCollator, GLiClassDataset
 from gliclass.evaluation.metrics import macro_f1
 from gliclass.modeling.losses import GLiClassLoss
+from gliclass.training.callbacks import DenseWeightAveraging
 from gliclass.training.metrics import LabelF1, decide
 from gliclass.training.module import GLiClassModule, TooManySkippedBatchesError
 from gliclass.training.optim import parameter_groups
@@ -221,3 +222,42 @@ def test_label_metrics_follow_names_not_slots_and_match_the_evaluation_macro_f1(
     assert scores["precision_micro"].item() == pytest.approx(tp / (tp + fp), rel=1e-6)
     assert scores["recall_micro"].item() == pytest.approx(tp / (tp + fn), rel=1e-6)
     assert set(LabelF1(macro=False).compute()) == {"f1_micro", "precision_micro", "recall_micro"}
+
+
+class RecordWeights(L.Callback):
+    def __init__(self):
+        self.after_step = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.after_step.append([p.detach().clone() for p in pl_module.parameters()])
+
+
+def test_dense_weight_averaging_ends_with_the_mean_of_the_late_weights(make_tiny, tmp_path):
+    model, processor = make_tiny("bert")
+    module, record = make_module(model), RecordWeights()
+    averaging = DenseWeightAveraging(start_fraction=0.5, every_n_steps=1)
+    run = trainer(callbacks=[record, averaging])
+    run.fit(module, datamodule=ListDataModule(processor, examples(8)))  # 4 steps: samples after steps 3 and 4
+    assert averaging.samples() == 2
+    for i, param in enumerate(module.parameters()):
+        torch.testing.assert_close(param, (record.after_step[2][i] + record.after_step[3][i]) / 2)
+    assert any(not torch.equal(p, last) for p, last in zip(module.parameters(), record.after_step[3], strict=True))
+    with pytest.raises(ValueError, match="start_fraction"):
+        DenseWeightAveraging(start_fraction=1.0)
+
+
+def test_dense_weight_averaging_without_samples_keeps_the_trained_weights(make_tiny):
+    class Never(DenseWeightAveraging):
+        def should_update(self, step_idx=None, epoch_idx=None):
+            return False
+
+    model, processor = make_tiny("bert")
+    module, record, averaging = make_module(model), RecordWeights(), Never()
+    run = trainer(callbacks=[record, averaging])
+    run.fit(module, datamodule=ListDataModule(processor, examples(8)))
+    assert averaging.samples() == 0
+    for param, last in zip(module.parameters(), record.after_step[-1], strict=True):
+        torch.testing.assert_close(param, last)  # not the copy taken when training started
+    checkpoint = {"state_dict": module.state_dict()}
+    averaging.on_save_checkpoint(run, module, checkpoint)
+    assert "current_model_state" not in checkpoint

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from gliclass.modeling import GLiClassModel, build_model
 from gliclass.processing import GLiClassProcessor
@@ -23,6 +24,9 @@ def build_model_and_processor(
     config: Mapping[str, Any] | None = None,
     max_length: int = 1024,
     head_init: str = "identity",
+    tie_encoders: bool = False,
+    freeze_word_embeddings: bool = False,
+    label_template: str | None = None,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A fresh GLiClass model (pretrained backbone, new head) and its processor.
 
@@ -30,13 +34,17 @@ def build_model_and_processor(
     the offline MiniLM); `spec` instead gives a backbone config dict for a randomly initialised backbone (tests), read
     with `tokenizer`. `config` holds GLiClassConfig fields (architecture_type, pooling_strategy, scorer_type, ...).
     `head_init` is "identity" (projectors start as the identity map) or "random" (see `build_model`).
+    `tie_encoders`: a bi-encoder's text and label towers become one module (see `tie_encoders`).
+    `freeze_word_embeddings`: the backbones' token embedding tables are not trained (see `freeze_word_embeddings`).
+    `label_template`: the label tower reads each label inside this sentence (`GLiClassProcessor`), in training and
+    in every use of the export.
     """
     backbone = _plain(backbone)
     spec = backbone.get("spec")
     if (spec is None) == (backbone.get("name") is None):
         raise ValueError(f"a backbone config needs exactly one of 'name' and 'spec', got {backbone}")
     label_backbone = backbone.get("label_spec") if spec is not None else backbone.get("label_name")
-    return build_model(
+    model, processor = build_model(
         spec if spec is not None else backbone["name"],
         tokenizer=backbone.get("tokenizer"),
         label_backbone=label_backbone,
@@ -45,3 +53,58 @@ def build_model_and_processor(
         head_init=head_init,
         **_plain(config),
     )
+    if label_template is not None:
+        processor = GLiClassProcessor(
+            processor.tokenizer,
+            model.config,
+            max_length=processor.max_length,
+            label_tokenizer=processor.label_tokenizer,
+            label_max_length=processor.label_max_length,
+            min_text_tokens=processor.min_text_tokens,
+            label_template=label_template,
+        )
+    if tie_encoders:
+        tie_towers(model)
+    if freeze_word_embeddings:
+        freeze_embeddings(model)
+    return model, processor
+
+
+def tie_towers(model: GLiClassModel) -> None:
+    """Make a bi-encoder's label tower the text tower itself (a siamese bi-encoder, as sentence embedders are trained).
+
+    Both towers start from the same backbone; training them apart lets the label tower specialise to the training
+    mix's label names, while one shared tower keeps text and labels in one space. The checkpoint format is unchanged:
+    `export_model` writes the shared weights under both names, so official code loads two identical towers. The
+    label tower's own weights are dropped: for a pretrained backbone they equal the text tower's.
+    """
+    arch, config = model.model, model.config
+    if config.architecture_type != "bi-encoder":
+        raise ValueError(f"tie_encoders needs architecture_type='bi-encoder', got {config.architecture_type!r}")
+    if config.label_model_name not in (None, config.encoder_model_name):
+        raise ValueError(
+            f"tie_encoders shares one tower, but the label tower was built from {config.label_model_name!r} and the "
+            f"text tower from {config.encoder_model_name!r}: drop the separate label backbone or the tie"
+        )
+    text, label = arch.encoder_model.state_dict(), arch.label_encoder.state_dict()
+    if {k: v.shape for k, v in text.items()} != {k: v.shape for k, v in label.items()}:
+        raise ValueError("tie_encoders needs the text and label towers to have the same architecture and shapes")
+    arch.label_encoder = arch.encoder_model
+
+
+def freeze_embeddings(model: GLiClassModel) -> int:
+    """Stop training every backbone's token embedding table; returns how many tables were frozen.
+
+    Fine-tuning moves only the rows of words the training mix uses, so label words never seen in training drift apart
+    from those that were; frozen rows keep every word where the backbone put it.
+    """
+    tables = {id(m): m for m in model.modules() if hasattr(m, "get_input_embeddings") and m is not model}
+    frozen = 0
+    for module in tables.values():
+        embeddings = module.get_input_embeddings()
+        if isinstance(embeddings, nn.Embedding) and embeddings.weight.requires_grad:
+            embeddings.weight.requires_grad_(False)
+            frozen += 1
+    if not frozen:
+        raise ValueError("freeze_word_embeddings: the model has no backbone token embedding table to freeze")
+    return frozen

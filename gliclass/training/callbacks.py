@@ -1,15 +1,18 @@
 """Callbacks: per-step seeding, so a resumed run draws the same random numbers as an unbroken one; checkpoints
-every N optimiser steps also when a batch makes several (PPO)."""
+every N optimiser steps also when a batch makes several (PPO); a uniform average of the late training weights."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+
+log = logging.getLogger(__name__)
 
 
 class SeedEachStep(Callback):
@@ -113,3 +116,61 @@ class ValidateSkippedOnResume(Callback):
         finally:
             trainer.training = True
             trainer._logger_connector._first_loop_iter = first_loop_iter
+
+
+class DenseWeightAveraging(WeightAveraging):
+    """Uniform average of the weights seen over the last part of training (SWA without its learning-rate cycle;
+    SWAD, Cha et al. 2021, for robustness on unseen domains). Training ends with the averaged weights in the model.
+
+    The average takes a sample every `every_n_steps` optimiser steps once `start_fraction` of the run's steps are done
+    (`trainer.estimated_stepping_batches`, which `max_steps` bounds; a `max_time` stop ends it early with the samples so
+    far). Validation runs on the average. Checkpoints hold it as their `state_dict` and the raw weights beside it, so a
+    resumed run continues the same average. Only parameters are averaged: buffers (position ids) are not weights.
+    """
+
+    def __init__(self, start_fraction: float = 0.5, every_n_steps: int = 10) -> None:
+        if not 0.0 <= start_fraction < 1.0:
+            raise ValueError(f"start_fraction={start_fraction} must be in [0, 1)")
+        if every_n_steps < 1:
+            raise ValueError(f"every_n_steps={every_n_steps} must be >= 1")
+        super().__init__(use_buffers=False)
+        self.start_fraction = start_fraction
+        self.every_n_steps = every_n_steps
+        self._first_step: int | None = None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer
+
+    def samples(self) -> int:
+        """How many weight samples the average holds (0 before `start_fraction`, or outside fit)."""
+        return 0 if self._average_model is None else int(self._average_model.n_averaged.item())
+
+    # Before the first sample the averaged copy still holds the weights training started from: validating, saving or
+    # ending with it would report or keep the start as if it were the average. Until then the raw weights stand.
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._swapped = self.samples() > 0
+        if self._swapped:
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if getattr(self, "_swapped", False):
+            super().on_validation_epoch_end(trainer, pl_module)
+        self._swapped = False
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.samples() > 0:
+            super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.samples() > 0:
+            super().on_train_end(trainer, pl_module)
+        else:
+            log.warning("weight averaging took no sample before training ended: the model keeps its last weights")
+
+    def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
+        if step_idx is None:
+            return False
+        if self._first_step is None:  # read once training runs (not in setup: it would build the loaders early)
+            self._first_step = int(self.start_fraction * self._trainer.estimated_stepping_batches)
+        return step_idx >= self._first_step and (step_idx - self._first_step) % self.every_n_steps == 0

@@ -109,6 +109,11 @@ def export_model(
     merged = merge_lora(model)
     if not isinstance(merged, GLiClassModel):
         raise TypeError(f"expected a GLiClassModel after merging, got {type(merged).__name__}")
+    arch = merged.model
+    if getattr(arch, "label_encoder", None) is not None and arch.label_encoder is getattr(arch, "encoder_model", None):
+        # tied towers (tie_encoders): the checkpoint format has two, so write the shared one under both names
+        merged = copy.deepcopy(merged)
+        merged.model.label_encoder = copy.deepcopy(merged.model.encoder_model)
     path = Path(path)
     merged.save_pretrained(path)
     if loss is not None:

@@ -76,9 +76,11 @@ def interpolate_weights(model: Any, start: Mapping[str, Any], alpha: float) -> N
     missing = [k for k, v in state.items() if v.is_floating_point() and k not in start]
     if missing:
         raise ValueError(f"the starting weights lack {len(missing)} tensors of the model, e.g. {missing[:3]}")
+    seen: set[int] = set()  # tied modules (tie_encoders) list one tensor under two names: update it once
     with torch.no_grad():
         for key, value in state.items():
-            if value.is_floating_point():
+            if value.is_floating_point() and value.data_ptr() not in seen:
+                seen.add(value.data_ptr())
                 value.copy_(alpha * value + (1.0 - alpha) * start[key].to(value.device, value.dtype))
 
 
