@@ -87,6 +87,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         start_step, started, cpu = trainer.global_step, time.perf_counter(), time.process_time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        # Lightning writes last.ckpt at its checkpoint events only (every N steps, validation): the steps after the
+        # last event, or a max_time stop mid-epoch, would be lost. The end state replaces it (`ckpt_path=last`).
+        trainer.save_checkpoint(Path(cfg.paths.checkpoint_dir) / "last.ckpt")
         metrics |= scalars(trainer.callback_metrics)
         # this process's share of the fit (a resumed run counts only the steps it trained itself); CPU seconds (all
         # threads) are less sensitive than wall seconds to other jobs sharing the machine

@@ -111,3 +111,16 @@ def test_interleaved_cells_take_turns_cap_and_survive_errors():
     assert result["a"]["examples_per_s"] == pytest.approx(100.0)
     assert result["b"]["labels_scored"] == 2
     assert "crashed" in result["c"]["error"]
+
+
+def test_the_onnx_cache_key_follows_the_models_files(tmp_path):
+    """A retrained model under the same directory name must not reuse the old model's cached ONNX export."""
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights-1")
+    first = speed.onnx_cache_key(tmp_path)
+    assert speed.onnx_cache_key(tmp_path) == first
+    (tmp_path / "model.safetensors").write_bytes(b"weights-2")
+    second = speed.onnx_cache_key(tmp_path)
+    assert second != first
+    (tmp_path / "gliclass_processor.json").write_text('{"max_length": 64}')
+    assert speed.onnx_cache_key(tmp_path) not in (first, second)

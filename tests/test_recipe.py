@@ -208,7 +208,9 @@ def test_tie_encoders_refuses_what_it_cannot_tie():
     backbone = {"spec": TINY_BACKBONES["bert"], "tokenizer": tiny_tokenizer(), "pretrained": False}
     with pytest.raises(ValueError, match="bi-encoder"):
         build_model_and_processor(backbone, {"architecture_type": "uni-encoder"}, max_length=64, tie_encoders=True)
-    model, _ = tiny_bi_encoder()
+    model, _ = tiny_bi_encoder()  # random towers differ: a trained model's label tower must not be thrown away
+    with pytest.raises(ValueError, match="different trained weights"):
+        tie_towers(model, require_equal=True)
     model.config.label_model_name = "another/backbone"
     with pytest.raises(ValueError, match="another/backbone"):
         tie_towers(model)

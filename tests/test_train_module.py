@@ -242,6 +242,13 @@ def test_dense_weight_averaging_ends_with_the_mean_of_the_late_weights(make_tiny
     for i, param in enumerate(module.parameters()):
         torch.testing.assert_close(param, (record.after_step[2][i] + record.after_step[3][i]) / 2)
     assert any(not torch.equal(p, last) for p, last in zip(module.parameters(), record.after_step[3], strict=True))
+    checkpoint = {"state_dict": module.state_dict()}  # saved after training: the average, and the raw weights
+    averaging.on_save_checkpoint(run, module, checkpoint)
+    params = dict(module.named_parameters())
+    for name, value in checkpoint["current_model_state"].items():
+        if name in params:
+            torch.testing.assert_close(value, record.after_step[3][list(params).index(name)])
+            torch.testing.assert_close(checkpoint["state_dict"][name], params[name])
     with pytest.raises(ValueError, match="start_fraction"):
         DenseWeightAveraging(start_fraction=1.0)
 

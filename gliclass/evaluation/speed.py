@@ -39,6 +39,7 @@ rotation. The target is ours/official <= 0.5 per call in every cell. Writes <out
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import statistics
@@ -273,14 +274,36 @@ def rotate(items: Sequence[str], k: int) -> list[str]:
     return list(items[k:]) + list(items[:k])
 
 
+def onnx_cache_key(model_dir: Path) -> str:
+    """What a cached ONNX export depends on: the model's files (weights, config, processor settings), the exporter's
+    code and the torch / onnx / onnxruntime versions. A retrained model or a changed exporter gets a new export."""
+    import importlib.metadata as metadata
+
+    import gliclass.onnx.export as exporter
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
+        digest.update(path.name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                digest.update(block)
+    digest.update(Path(exporter.__file__).read_bytes())
+    for package in ("torch", "onnx", "onnxruntime"):
+        try:
+            digest.update(f"{package}=={metadata.version(package)}".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{package} missing".encode())
+    return digest.hexdigest()[:16]
+
+
 def onnx_export(model_dir: Path) -> Path | None:
-    """The model's ONNX export (fp32 graph-optimised + dynamic int8 graphs), written once under experiments/.cache;
-    None without onnx."""
+    """The model's ONNX export (fp32 graph-optimised + dynamic int8 graphs), written once under experiments/.cache
+    per `onnx_cache_key`; None without onnx."""
     try:
         from gliclass.onnx import export_onnx, has_onnx_export
     except ImportError:
         return None
-    out = CACHE_DIR / f"onnx-{model_dir.name}"
+    out = CACHE_DIR / f"onnx-{model_dir.name}-{onnx_cache_key(model_dir)}"
     if not has_onnx_export(out):
         from gliclass.modeling import GLiClassModel
 

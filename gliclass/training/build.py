@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -70,13 +71,15 @@ def build_model_and_processor(
     return model, processor
 
 
-def tie_towers(model: GLiClassModel) -> None:
+def tie_towers(model: GLiClassModel, require_equal: bool = False) -> None:
     """Make a bi-encoder's label tower the text tower itself (a siamese bi-encoder, as sentence embedders are trained).
 
     Both towers start from the same backbone; training them apart lets the label tower specialise to the training
     mix's label names, while one shared tower keeps text and labels in one space. The checkpoint format is unchanged:
     `export_model` writes the shared weights under both names, so official code loads two identical towers. The
-    label tower's own weights are dropped: for a pretrained backbone they equal the text tower's.
+    label tower's own weights are dropped: for a pretrained backbone they equal the text tower's. `require_equal`
+    (a trained model: a previous stage's export or checkpoint) refuses towers whose weights differ, which tying would
+    silently throw away.
     """
     arch, config = model.model, model.config
     if config.architecture_type != "bi-encoder":
@@ -89,6 +92,11 @@ def tie_towers(model: GLiClassModel) -> None:
     text, label = arch.encoder_model.state_dict(), arch.label_encoder.state_dict()
     if {k: v.shape for k, v in text.items()} != {k: v.shape for k, v in label.items()}:
         raise ValueError("tie_encoders needs the text and label towers to have the same architecture and shapes")
+    if require_equal and any(not torch.equal(text[k], label[k]) for k in text):
+        raise ValueError(
+            "tie_encoders: the text and label towers hold different trained weights, and tying would discard the label "
+            "tower's; start from a model trained with tied towers, or leave them untied"
+        )
     arch.label_encoder = arch.encoder_model
 
 

@@ -137,6 +137,7 @@ class DenseWeightAveraging(WeightAveraging):
         self.start_fraction = start_fraction
         self.every_n_steps = every_n_steps
         self._first_step: int | None = None
+        self._raw_state: dict[str, Any] | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -161,9 +162,13 @@ class DenseWeightAveraging(WeightAveraging):
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.samples() > 0:
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
+            if self._raw_state is not None:  # saved after training ended: the raw weights are the ones kept aside
+                checkpoint["current_model_state"] = self._raw_state
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.samples() > 0:
+            # the model takes the average; a checkpoint written afterwards still resumes from the raw weights
+            self._raw_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
             super().on_train_end(trainer, pl_module)
         else:
             log.warning("weight averaging took no sample before training ended: the model keeps its last weights")

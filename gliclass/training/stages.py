@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliclass.modeling import GLiClassModel
 from gliclass.processing import GLiClassProcessor
-from gliclass.training.build import build_model_and_processor
+from gliclass.training.build import build_model_and_processor, freeze_embeddings, tie_towers
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +40,41 @@ def build_model_and_processor_from(
     config: Mapping[str, Any] | None = None,
     max_length: int = 1024,
     head_init: str = "identity",
+    tie_encoders: bool = False,
+    freeze_word_embeddings: bool = False,
+    label_template: str | None = None,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """The previous stage's model and processor, or a fresh one (`build_model_and_processor`, with `head_init`) when
     `init_from` is None. An export directory brings its own architecture config; a `.ckpt` is loaded into the
-    configured one."""
+    configured one. `tie_encoders`, `freeze_word_embeddings` and `label_template` apply as in
+    `build_model_and_processor`; from an export, a null `label_template` keeps the export's own, and tying needs its
+    two towers to hold equal weights (as a tied run exports them)."""
+    options = dict(tie_encoders=tie_encoders, freeze_word_embeddings=freeze_word_embeddings)
     if init_from is None:
-        return build_model_and_processor(backbone, config, max_length, head_init)
+        return build_model_and_processor(
+            backbone, config, max_length, head_init, label_template=label_template, **options
+        )
     path = Path(init_from)
     if path.is_dir():
         log.info("starting from the export %s (its config.json fixes the architecture)", path)
         model = GLiClassModel.from_pretrained(path)
-        return model, GLiClassProcessor.from_pretrained(path, config=model.config, max_length=max_length)
+        extra = {} if label_template is None else {"label_template": label_template}
+        processor = GLiClassProcessor.from_pretrained(path, config=model.config, max_length=max_length, **extra)
+        if tie_encoders:
+            tie_towers(model, require_equal=True)
+        if freeze_word_embeddings:
+            freeze_embeddings(model)
+        return model, processor
     if path.suffix == ".ckpt" and path.is_file():
-        model, processor = build_model_and_processor(backbone, config, max_length, head_init)
+        # tie after loading: the checkpoint names both towers, and a tied run saved them equal
+        model, processor = build_model_and_processor(
+            backbone, config, max_length, head_init, label_template=label_template
+        )
         load_checkpoint_weights(model, path)
+        if tie_encoders:
+            tie_towers(model, require_equal=True)
+        if freeze_word_embeddings:
+            freeze_embeddings(model)
         return model, processor
     raise FileNotFoundError(f"init_from={init_from!r} is neither an export directory nor a .ckpt file")
 
