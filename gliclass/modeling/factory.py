@@ -37,6 +37,7 @@ def build_model(
     pretrained: bool = True,
     max_length: int = 1024,
     head_init: str = "identity",
+    label_template: str | None = None,
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A GLiClass model whose backbone(s) carry `backbone`'s pretrained weights and a freshly initialised head.
@@ -52,6 +53,7 @@ def build_model(
     `backbone` is a name/path, or a dict backbone config (`{"model_type": "deberta-v2", "hidden_size": 32, ...}`)
     for a randomly initialised backbone (tests, tiny configs); then `tokenizer` defaults to the offline MiniLM one.
     `<<LABEL>>`, `<<SEP>>` and `<<EXAMPLE>>` are added to the tokenizer and the embedding table grows to match.
+    `label_template` is the processor's (see `GLiClassProcessor`).
     """
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init={head_init!r}: choose one of {list(HEAD_INITS)}")
@@ -64,10 +66,12 @@ def build_model(
             )
     config_kwargs.setdefault("exact_feature_spans", True)
     if isinstance(backbone, dict):
-        model, processor = _build_random(backbone, tokenizer, label_backbone, max_length, head_init, **config_kwargs)
+        model, processor = _build_random(
+            backbone, tokenizer, label_backbone, max_length, head_init, label_template, **config_kwargs
+        )
     else:
         model, processor = _build_pretrained(
-            backbone, tokenizer, label_backbone, pretrained, max_length, head_init, **config_kwargs
+            backbone, tokenizer, label_backbone, pretrained, max_length, head_init, label_template, **config_kwargs
         )
     if head_init == "identity":
         init_identity_head(model)
@@ -88,6 +92,7 @@ def _build_pretrained(
     pretrained: bool,
     max_length: int,
     head_init: str,
+    label_template: str | None,
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     backbone = resolve_backbone(backbone)
@@ -120,7 +125,9 @@ def _build_pretrained(
         label_tokenizer = AutoTokenizer.from_pretrained(config.label_model_name)
         if pretrained:
             model.model.label_encoder.load_state_dict(AutoModel.from_pretrained(config.label_model_name).state_dict())
-    return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
+    return model, GLiClassProcessor(
+        tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer, label_template=label_template
+    )
 
 
 def _build_random(
@@ -129,6 +136,7 @@ def _build_random(
     label_backbone: dict[str, Any] | None,
     max_length: int,
     head_init: str,
+    label_template: str | None,
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     tokenizer = tokenizer or "minilm"
@@ -152,7 +160,9 @@ def _build_random(
         **config_kwargs,
     )
     model = GLiClassModel(config)
-    return model, GLiClassProcessor(tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer)
+    return model, GLiClassProcessor(
+        tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer, label_template=label_template
+    )
 
 
 def _init_identity(projector: nn.Module) -> None:

@@ -35,8 +35,8 @@ def build_model_and_processor(
     the offline MiniLM); `spec` instead gives a backbone config dict for a randomly initialised backbone (tests), read
     with `tokenizer`. `config` holds GLiClassConfig fields (architecture_type, pooling_strategy, scorer_type, ...).
     `head_init` is "identity" (projectors start as the identity map) or "random" (see `build_model`).
-    `tie_encoders`: a bi-encoder's text and label towers become one module (see `tie_encoders`).
-    `freeze_word_embeddings`: the backbones' token embedding tables are not trained (see `freeze_word_embeddings`).
+    `tie_encoders`: a bi-encoder's text and label towers become one module (see `tie_towers`).
+    `freeze_word_embeddings`: the backbones' token embedding tables are not trained (see `freeze_embeddings`).
     `label_template`: the label tower reads each label inside this sentence (`GLiClassProcessor`), in training and
     in every use of the export.
     """
@@ -52,23 +52,22 @@ def build_model_and_processor(
         pretrained=backbone.get("pretrained", True),
         max_length=max_length,
         head_init=head_init,
+        label_template=label_template,
         **_plain(config),
     )
-    if label_template is not None:
-        processor = GLiClassProcessor(
-            processor.tokenizer,
-            model.config,
-            max_length=processor.max_length,
-            label_tokenizer=processor.label_tokenizer,
-            label_max_length=processor.label_max_length,
-            min_text_tokens=processor.min_text_tokens,
-            label_template=label_template,
-        )
+    apply_tower_options(model, tie_encoders, freeze_word_embeddings)
+    return model, processor
+
+
+def apply_tower_options(
+    model: GLiClassModel, tie_encoders: bool, freeze_word_embeddings: bool, trained: bool = False
+) -> None:
+    """`tie_towers` and/or `freeze_embeddings`, as the run's `model.*` options ask; `trained` (a previous stage's
+    weights) ties only towers that hold equal weights."""
     if tie_encoders:
-        tie_towers(model)
+        tie_towers(model, require_equal=trained)
     if freeze_word_embeddings:
         freeze_embeddings(model)
-    return model, processor
 
 
 def tie_towers(model: GLiClassModel, require_equal: bool = False) -> None:

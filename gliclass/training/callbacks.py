@@ -138,6 +138,7 @@ class DenseWeightAveraging(WeightAveraging):
         self.every_n_steps = every_n_steps
         self._first_step: int | None = None
         self._raw_state: dict[str, Any] | None = None
+        self._swapped = False  # the average is in the model for this validation
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -155,7 +156,7 @@ class DenseWeightAveraging(WeightAveraging):
             super().on_validation_epoch_start(trainer, pl_module)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if getattr(self, "_swapped", False):
+        if self._swapped:
             super().on_validation_epoch_end(trainer, pl_module)
         self._swapped = False
 

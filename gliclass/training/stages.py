@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliclass.modeling import GLiClassModel
 from gliclass.processing import GLiClassProcessor
-from gliclass.training.build import build_model_and_processor, freeze_embeddings, tie_towers
+from gliclass.training.build import apply_tower_options, build_model_and_processor
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,9 @@ def build_model_and_processor_from(
     configured one. `tie_encoders`, `freeze_word_embeddings` and `label_template` apply as in
     `build_model_and_processor`; from an export, a null `label_template` keeps the export's own, and tying needs its
     two towers to hold equal weights (as a tied run exports them)."""
-    options = dict(tie_encoders=tie_encoders, freeze_word_embeddings=freeze_word_embeddings)
     if init_from is None:
         return build_model_and_processor(
-            backbone, config, max_length, head_init, label_template=label_template, **options
+            backbone, config, max_length, head_init, tie_encoders, freeze_word_embeddings, label_template
         )
     path = Path(init_from)
     if path.is_dir():
@@ -60,23 +59,15 @@ def build_model_and_processor_from(
         model = GLiClassModel.from_pretrained(path)
         extra = {} if label_template is None else {"label_template": label_template}
         processor = GLiClassProcessor.from_pretrained(path, config=model.config, max_length=max_length, **extra)
-        if tie_encoders:
-            tie_towers(model, require_equal=True)
-        if freeze_word_embeddings:
-            freeze_embeddings(model)
-        return model, processor
-    if path.suffix == ".ckpt" and path.is_file():
-        # tie after loading: the checkpoint names both towers, and a tied run saved them equal
+    elif path.suffix == ".ckpt" and path.is_file():
         model, processor = build_model_and_processor(
             backbone, config, max_length, head_init, label_template=label_template
         )
-        load_checkpoint_weights(model, path)
-        if tie_encoders:
-            tie_towers(model, require_equal=True)
-        if freeze_word_embeddings:
-            freeze_embeddings(model)
-        return model, processor
-    raise FileNotFoundError(f"init_from={init_from!r} is neither an export directory nor a .ckpt file")
+        load_checkpoint_weights(model, path)  # before tying: the checkpoint names both towers
+    else:
+        raise FileNotFoundError(f"init_from={init_from!r} is neither an export directory nor a .ckpt file")
+    apply_tower_options(model, tie_encoders, freeze_word_embeddings, trained=True)
+    return model, processor
 
 
 def load_checkpoint_weights(model: GLiClassModel, path: str | Path) -> None:
