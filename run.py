@@ -55,6 +55,15 @@ def scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items() if not torch.is_tensor(value) or value.numel() == 1}
 
 
+def save_end_of_training(trainer: L.Trainer) -> None:
+    """Lightning writes last.ckpt at its checkpoint events only (every N steps, validation): the steps after the last
+    event, or a max_time stop mid-epoch, would be lost. The end state replaces it (what `ckpt_path=last` resumes),
+    where the run's checkpoint callback keeps a last.ckpt; a run without one (checkpointing off) saves nothing."""
+    callback = trainer.checkpoint_callback
+    if callback is not None and callback.save_last and callback.dirpath:
+        trainer.save_checkpoint(Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from `cfg`, then (optionally) score the untrained model, fit, test and export.
 
@@ -87,9 +96,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         start_step, started, cpu = trainer.global_step, time.perf_counter(), time.process_time()
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-        # Lightning writes last.ckpt at its checkpoint events only (every N steps, validation): the steps after the
-        # last event, or a max_time stop mid-epoch, would be lost. The end state replaces it (`ckpt_path=last`).
-        trainer.save_checkpoint(Path(cfg.paths.checkpoint_dir) / "last.ckpt")
+        save_end_of_training(trainer)
         metrics |= scalars(trainer.callback_metrics)
         # this process's share of the fit (a resumed run counts only the steps it trained itself); CPU seconds (all
         # threads) are less sensitive than wall seconds to other jobs sharing the machine

@@ -16,7 +16,7 @@ from gliclass.config import GLiClassConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-GROUPS = ("arch", "backbone", "pooling", "scorer", "loss", "stage", "data", "trainer", "logger", "debug")
+GROUPS = ("arch", "backbone", "pooling", "scorer", "loss", "stage", "data", "trainer", "logger", "debug", "distill")
 
 
 @pytest.fixture(scope="module", autouse=True)

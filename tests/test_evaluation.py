@@ -258,6 +258,33 @@ def test_few_shot_end_to_end(tiny_dir: Path, data_dir: Path, tmp_path: Path):
         few_shot.select_datasets(data_dir, "emo")  # no test split
 
 
+def test_few_shot_on_a_train_only_set_holds_the_test_rows_out_of_the_shots(data_dir: Path):
+    """`--test-split train` scores a stratified sample of train and draws the shots from the other rows only."""
+    full = load_eval_set("emo", data_dir, split="train")
+    test, rest = few_shot.scored_and_shot_rows("emo", data_dir, 3, 0, "train", None)
+    assert (len(test), len(rest)) == (3, len(full) - 3)
+    held = stratified_indices(full.labels, 3, 0)
+    assert test.texts == [full.texts[i] for i in held]
+    assert rest.texts == [full.texts[i] for i in range(len(full)) if i not in held]
+    assert few_shot.select_datasets(data_dir, "emo", "train") == ["emo"]
+    with pytest.raises(SystemExit, match="needs a --limit"):
+        few_shot.scored_and_shot_rows("emo", data_dir, None, 0, "train", None)
+
+
+def test_few_shot_wise_alpha_zero_undoes_the_fine_tune(tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    """Weight-space ensembling with alpha 0 restores the zero-shot weights, so the few-shot scores are the zero-shot
+    ones; alpha 1 (the default) is the plain fine-tune, which moves them; an alpha outside [0, 1] is refused."""
+    argv = ["--model", str(tiny_dir), "--data-dir", str(data_dir), "--datasets", "emo", "--test-split", "train"]
+    argv += ["--limit", "4", "--shots", "2", "--epochs", "2", "--lr", "1e-2", "--threads", "1"]
+    undone = few_shot.main([*argv, "--wise-alpha", "0", "--out", str(tmp_path / "a0")])["datasets"][0]
+    assert undone["few_shot"] == pytest.approx(undone["zero_shot"], abs=1e-6)
+    tuned = few_shot.main([*argv, "--out", str(tmp_path / "a1")])["datasets"][0]
+    assert tuned["zero_shot"] == undone["zero_shot"] and tuned["few_shot"] != tuned["zero_shot"]
+    assert "x zero-shot" in (tmp_path / "a0" / "few_shot.md").read_text()
+    with pytest.raises(SystemExit, match="wise-alpha"):
+        few_shot.main([*argv, "--wise-alpha", "1.5", "--out", str(tmp_path / "bad")])
+
+
 @pytest.fixture
 def second_tiny_dir(tmp_path: Path, make_tiny) -> Path:
     model, processor = make_tiny(seed=1)

@@ -314,3 +314,22 @@ def test_last_ckpt_holds_the_end_of_training_not_the_last_checkpoint_event(tmp_p
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert last["global_step"] == 3
     assert torch.load(tmp_path / "checkpoints" / "step_0000002.ckpt", weights_only=False)["global_step"] == 2
+
+
+def test_a_run_without_checkpointing_writes_no_checkpoint(tmp_path):
+    """Checkpointing off (no checkpoint callback): the end of training is not saved either."""
+    cfg = compose_train(
+        tmp_path,
+        [
+            "data=tiny",
+            "backbone=tiny_bert",
+            "trainer.max_steps=2",
+            "~callbacks.model_checkpoint",
+            "+trainer.enable_checkpointing=false",
+            "weight_ensemble_alpha=1.0",
+            "test=false",
+            "export=false",
+        ],
+    )
+    run.train(cfg)
+    assert not list(tmp_path.rglob("*.ckpt"))

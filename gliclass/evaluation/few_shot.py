@@ -6,7 +6,10 @@
 `--model` is repeatable (`name=path` or a plain path, named as in the zero-shot harness); every model sees the
 same test rows and the same training shots. Per dataset and model the model is reloaded from disk, scored zero-shot, fine-tuned on the sampled shots (focal loss with the
 checkpoint's alpha/gamma, labels shuffled per example, encoder and head learning rates as in the official
-optimiser groups), and scored again on the same test rows. Only datasets with both train and test splits qualify.
+optimiser groups), optionally averaged with the zero-shot weights (`--wise-alpha`, WiSE-FT), and scored again on
+the same test rows. Only datasets with both train and test splits qualify, unless `--test-split train` holds the
+test rows out of `train` itself (the shots are then drawn from the other rows): that scores train-only datasets,
+e.g. to choose the few-shot schedule on sets that the reported table does not use.
 """
 
 from __future__ import annotations
@@ -24,7 +27,13 @@ from gliclass.data.benchmarks import data_root
 from gliclass.data.dataset import GLiClassCollator, GLiClassDataset
 from gliclass.data.formats import Example
 from gliclass.evaluation.common import DEFAULT_MODEL, resolve_models, run_record
-from gliclass.evaluation.data import EvalSet, classification_datasets, few_shot_indices, load_eval_set
+from gliclass.evaluation.data import (
+    EvalSet,
+    classification_datasets,
+    few_shot_indices,
+    load_eval_set,
+    stratified_indices,
+)
 from gliclass.evaluation.metrics import evaluate_scores
 from gliclass.evaluation.report import markdown_table, mean, publish
 from gliclass.evaluation.systems import GLiClassSystem
@@ -32,6 +41,7 @@ from gliclass.modeling import GLiClassModel
 from gliclass.modeling.losses import GLiClassLoss
 from gliclass.processing import GLiClassProcessor
 from gliclass.training.optim import parameter_groups
+from gliclass.training.utils import interpolate_weights, snapshot_weights
 
 TABLE5_DATASETS = ("sst5", "emotion", "rotten_tomatoes", "banking77")  # Table 5's datasets that have a train split
 
@@ -64,6 +74,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="add the softmax cross-entropy term beside focal (1.0: the objective the default recipe trains with)",
     )
+    parser.add_argument(
+        "--wise-alpha",
+        type=float,
+        default=1.0,
+        help="weight-space ensemble of the tuned and zero-shot weights: alpha*tuned + (1-alpha)*zero-shot (1: tuned)",
+    )
+    parser.add_argument(
+        "--test-split",
+        default="test",
+        help="the split scored; 'train' holds the test rows out of train and draws the shots from the other rows",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default="experiments/results/")
@@ -71,13 +92,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def select_datasets(root: Path, spec: str) -> list[str]:
-    both = {name for name, splits in classification_datasets(root).items() if {"train", "test"} <= set(splits)}
+def select_datasets(root: Path, spec: str, test_split: str = "test") -> list[str]:
+    needed = {"train", test_split}
+    both = {name for name, splits in classification_datasets(root).items() if needed <= set(splits)}
     names = sorted(both) if spec == "all" else [n.strip() for n in spec.split(",") if n.strip()]
     missing = [name for name in names if name not in both]
     if missing:
-        raise SystemExit(f"{missing} lack a train or test split in {root}; few-shot needs both ({sorted(both)})")
+        raise SystemExit(f"{missing} lack a split of {sorted(needed)} in {root}; few-shot needs them ({sorted(both)})")
     return names
+
+
+def scored_and_shot_rows(
+    name: str, root: Path, limit: int | None, seed: int, test_split: str, whole_up_to: int | None
+) -> tuple[EvalSet, EvalSet]:
+    """The scored rows and the rows the shots come from. With `test_split="train"` both come from `train` and are
+    disjoint: the test rows are a stratified sample, and the shots are drawn from the rest."""
+    if test_split != "train":
+        test = load_eval_set(name, root, limit, seed, split=test_split, whole_up_to=whole_up_to)
+        return test, load_eval_set(name, root, split="train")
+    full = load_eval_set(name, root, split="train")
+    if limit is None or limit >= len(full):
+        raise SystemExit(
+            f"{name}: --test-split train needs a --limit below its {len(full)} train rows (shots need the rest)"
+        )
+    held = set(stratified_indices(full.labels, limit, seed))
+    return full.subset(sorted(held)), full.subset([i for i in range(len(full)) if i not in held])
 
 
 def shot_examples(train: EvalSet, shots: int, seed: int) -> list[Example]:
@@ -135,17 +174,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     models = resolve_models(args.model)
     processors = {m.name: GLiClassProcessor.from_pretrained(m.path) for m in models}
     rows = []
-    for name in select_datasets(root, args.datasets):
+    if not 0.0 <= args.wise_alpha <= 1.0:
+        raise SystemExit(f"--wise-alpha must be in [0, 1], got {args.wise_alpha}")
+    for name in select_datasets(root, args.datasets, args.test_split):
         # one test sample and one set of shots per dataset, shared by every model
-        test = load_eval_set(name, root, args.limit, args.seed, split="test", whole_up_to=args.whole_up_to)
-        train = load_eval_set(name, root, split="train")
+        test, train = scored_and_shot_rows(name, root, args.limit, args.seed, args.test_split, args.whole_up_to)
         examples = shot_examples(train, args.shots, args.seed)
         for m in models:
             processor = processors[m.name]
             model = GLiClassModel.from_pretrained(str(m.path)).eval()
             zero = score(model, processor, test, args.batch_size)
             start = time.perf_counter()
+            zero_weights = snapshot_weights(model) if args.wise_alpha < 1.0 else None
             losses = fine_tune(model, processor, examples, args)
+            if zero_weights is not None:
+                interpolate_weights(model, zero_weights, args.wise_alpha)
             tuned_s = time.perf_counter() - start
             few = score(model, processor, test, args.batch_size)
             rows.append(
@@ -230,7 +273,10 @@ def render(result: dict[str, Any]) -> str:
             f"- shots: {args['shots']} per label from `train` (seed {args['seed']}); fine-tune {args['epochs']} epochs, "
             f"batch {args['batch_size']}, lr head {args['lr']} / encoder {args['encoder_lr']}, focal loss"
             + (f" + {ce} x softmax cross-entropy" if (ce := args.get("cross_entropy_coef", 0.0)) else "")
-            + f"; test rows: {args['limit'] or 'all'} per dataset (stratified, seed {args['seed']})"
+            + (f"; weights {wa} x tuned + {1 - wa:g} x zero-shot" if (wa := args.get("wise_alpha", 1.0)) < 1.0 else "")
+            + f"; test rows: {args['limit'] or 'all'} per dataset of `{args.get('test_split', 'test')}` "
+            f"(stratified, seed {args['seed']}"
+            + ("; the shots come from the other rows)" if args.get("test_split") == "train" else ")")
             + (f", whole where a test split has at most {args['whole_up_to']}" if args.get("whole_up_to") else ""),
             "",
             table,

@@ -19,6 +19,7 @@ from torchmetrics import MaxMetric
 
 from gliclass.modeling.architectures import GLiClassOutput
 from gliclass.modeling.losses import GLiClassLoss
+from gliclass.training.distill import Teacher
 from gliclass.training.metrics import LabelF1, decide
 
 log = logging.getLogger(__name__)
@@ -103,16 +104,22 @@ class GLiClassModule(LightningModule):
         threshold: float = 0.5,
         max_skipped_fraction: float = 0.05,
         min_batches: int = 100,
+        distill: Teacher | None = None,
     ) -> None:
         super().__init__()
         # plain values only, so checkpoints load with torch.load(weights_only=True); the logger gets the whole run
         # config from run.py instead
-        self.save_hyperparameters(ignore=["model", "loss", "optimizer", "param_groups", "scheduler"], logger=False)
+        self.save_hyperparameters(
+            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "distill"], logger=False
+        )
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer
         self.param_groups_factory = param_groups
         self.scheduler_factory = scheduler
+        # a frozen teacher whose scores the training loss also matches (gliclass.training.distill); a plain
+        # attribute, not a submodule: never optimised, saved or exported
+        self.distill = distill
         self.train_metrics = LabelF1(macro=False)
         self.val_metrics = LabelF1()
         self.test_metrics = nn.ModuleDict()  # one LabelF1 per evaluation dataset, made in `setup`
@@ -189,9 +196,13 @@ class GLiClassModule(LightningModule):
     def _guarded_step(
         self, batch: Mapping[str, Any]
     ) -> tuple[dict[str, torch.Tensor] | None, GLiClassOutput | None, str | None]:
-        """(loss terms, output, None), or (None, None, reason) for the recoverable failures; others propagate."""
+        """(loss terms, output, None), or (None, None, reason) for the recoverable failures; others propagate.
+        With a teacher, its distillation term joins the loss (and is logged as `train/loss_distill`)."""
         try:
             terms, output = self.model_step(batch)
+            if self.distill is not None:
+                terms = dict(terms, distill=self.distill.loss(output.logits, output.labels_mask, batch))
+                terms["loss"] = terms["loss"] + terms["distill"]
         except torch.OutOfMemoryError:
             terms = output = None
         if terms is None:

@@ -243,10 +243,12 @@ class PPOModule(GLiClassModule):
         max_grad_norm: float | None = 1.0,
         **supervised: Any,
     ) -> None:
+        if supervised.get("distill") is not None:
+            raise ValueError("PPOModule does not distil (its loss is the PPO objective): drop module.distill")
         super().__init__(model=model, loss=loss, optimizer=optimizer, **supervised)
         self.settings = ppo if isinstance(ppo, PPOSettings) else PPOSettings(**dict(ppo or {}))
         self.save_hyperparameters(
-            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "reward", "ppo"], logger=False
+            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "reward", "ppo", "distill"], logger=False
         )
         self.hparams["ppo"] = asdict(self.settings)  # plain values, so checkpoints load with weights_only=True
         self.automatic_optimization = False  # several policy updates and a second optimiser per batch
