@@ -124,3 +124,9 @@ def test_the_onnx_cache_key_follows_the_models_files(tmp_path):
     assert second != first
     (tmp_path / "gliclass_processor.json").write_text('{"max_length": 64}')
     assert speed.onnx_cache_key(tmp_path) not in (first, second)
+    # a changed label tokenizer (bi-encoders keep it in a sub-folder) changes what the export tokenises
+    (tmp_path / "label_tokenizer").mkdir()
+    (tmp_path / "label_tokenizer" / "tokenizer.json").write_text('{"v": 1}')
+    third = speed.onnx_cache_key(tmp_path)
+    (tmp_path / "label_tokenizer" / "tokenizer.json").write_text('{"v": 2}')
+    assert speed.onnx_cache_key(tmp_path) != third

@@ -183,6 +183,9 @@ def test_tied_towers_train_as_one_module_and_export_as_two(tmp_path):
     tower = sum(p.numel() for p in inner.encoder_model.parameters())
     assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters()) == tower
     start = snapshot_weights(model)
+    # the shared tower is copied once: its names under both towers map to one snapshot tensor
+    query = "model.{}.encoder.layer.0.attention.self.query.weight"
+    assert start[query.format("encoder_model")] is start[query.format("label_encoder")]
     with torch.no_grad():
         for p in model.parameters():
             p.add_(1.0)

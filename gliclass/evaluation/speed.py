@@ -275,15 +275,17 @@ def rotate(items: Sequence[str], k: int) -> list[str]:
 
 
 def onnx_cache_key(model_dir: Path) -> str:
-    """What a cached ONNX export depends on: the model's files (weights, config, processor settings), the exporter's
-    code and the torch / onnx / onnxruntime versions. A retrained model or a changed exporter gets a new export."""
+    """What a cached ONNX export depends on: the model's files (weights, config, processor settings, the label
+    tokenizer's folder), the exporter's code and the torch / onnx / onnxruntime versions. A retrained model or a
+    changed exporter gets a new export."""
     import importlib.metadata as metadata
 
     import gliclass.onnx.export as exporter
 
     digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
-        digest.update(path.name.encode())
+    # every file below the model directory (label_tokenizer/ included), by its path relative to it
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(model_dir).as_posix().encode())
         with open(path, "rb") as f:
             for block in iter(lambda f=f: f.read(1 << 20), b""):
                 digest.update(block)

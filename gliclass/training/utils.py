@@ -62,8 +62,17 @@ def group_choices() -> dict[str, str]:
 
 
 def snapshot_weights(model: Any) -> dict[str, Any]:
-    """A detached copy of every floating-point tensor of `model.state_dict()` (the starting point of a run)."""
-    return {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    """A detached copy of every floating-point tensor of `model.state_dict()` (the starting point of a run). A tensor
+    listed under several names (tied towers, `tie_encoders`) is copied once, and every name maps to that copy."""
+    copies: dict[tuple, Any] = {}
+    out = {}
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            same = (value.data_ptr(), value.dtype, tuple(value.shape), value.stride())
+            if same not in copies:
+                copies[same] = value.detach().clone()
+            out[key] = copies[same]
+    return out
 
 
 def interpolate_weights(model: Any, start: Mapping[str, Any], alpha: float) -> None:
