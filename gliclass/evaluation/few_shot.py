@@ -169,13 +169,13 @@ def score(model: GLiClassModel, processor: GLiClassProcessor, test: EvalSet, bat
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if not 0.0 <= args.wise_alpha <= 1.0:  # before any model loads or tunes
+        raise SystemExit(f"--wise-alpha must be in [0, 1], got {args.wise_alpha}")
     torch.set_num_threads(args.threads)
     root = data_root(args.data_dir)
     models = resolve_models(args.model)
     processors = {m.name: GLiClassProcessor.from_pretrained(m.path) for m in models}
     rows = []
-    if not 0.0 <= args.wise_alpha <= 1.0:
-        raise SystemExit(f"--wise-alpha must be in [0, 1], got {args.wise_alpha}")
     for name in select_datasets(root, args.datasets, args.test_split):
         # one test sample and one set of shots per dataset, shared by every model
         test, train = scored_and_shot_rows(name, root, args.limit, args.seed, args.test_split, args.whole_up_to)

@@ -132,9 +132,7 @@ class LoraModule(GLiClassModule):
 
     def __init__(self, model: nn.Module, lora: Callable[[nn.Module], PeftModel], **supervised: Any) -> None:
         super().__init__(model=lora(model), **supervised)
-        self.save_hyperparameters(
-            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "lora", "distill"], logger=False
-        )
+        self.save_hyperparameters(ignore=[*self.NOT_HYPERPARAMETERS, "lora"], logger=False)
         settings = self.model.peft_config["default"]
         self.hparams["lora"] = {  # plain values, so checkpoints load with weights_only=True
             "r": settings.r,

@@ -94,6 +94,9 @@ class GLiClassModule(LightningModule):
     every optimiser step.
     """
 
+    # constructor arguments kept out of `hparams` (objects, not plain values); subclasses add their own
+    NOT_HYPERPARAMETERS: tuple[str, ...] = ("model", "loss", "optimizer", "param_groups", "scheduler", "distill")
+
     def __init__(
         self,
         model: nn.Module,
@@ -109,9 +112,7 @@ class GLiClassModule(LightningModule):
         super().__init__()
         # plain values only, so checkpoints load with torch.load(weights_only=True); the logger gets the whole run
         # config from run.py instead
-        self.save_hyperparameters(
-            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "distill"], logger=False
-        )
+        self.save_hyperparameters(ignore=list(self.NOT_HYPERPARAMETERS), logger=False)
         self.model = model
         self.loss = loss
         self.optimizer_factory = optimizer

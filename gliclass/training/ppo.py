@@ -247,9 +247,7 @@ class PPOModule(GLiClassModule):
             raise ValueError("PPOModule does not distil (its loss is the PPO objective): drop module.distill")
         super().__init__(model=model, loss=loss, optimizer=optimizer, **supervised)
         self.settings = ppo if isinstance(ppo, PPOSettings) else PPOSettings(**dict(ppo or {}))
-        self.save_hyperparameters(
-            ignore=["model", "loss", "optimizer", "param_groups", "scheduler", "reward", "ppo", "distill"], logger=False
-        )
+        self.save_hyperparameters(ignore=[*self.NOT_HYPERPARAMETERS, "reward", "ppo"], logger=False)
         self.hparams["ppo"] = asdict(self.settings)  # plain values, so checkpoints load with weights_only=True
         self.automatic_optimization = False  # several policy updates and a second optimiser per batch
         self.reward = reward if isinstance(reward, CompositeReward) else CompositeReward(reward)
