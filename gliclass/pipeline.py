@@ -173,6 +173,7 @@ class ZeroShotPipeline:
         self.use_label_cache = label_cache and self.config.uses_label_encoder
         self.label_cache_size = label_cache_size
         self._label_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._label_vectors: dict[str, torch.Tensor] = {}  # set by `set_label_vectors`: used instead of encoding
         # per-call work done once: config lookups, validated label sets, token ids of the part after the text
         self._arch = self.config.architecture_type
         self._class_token = self.config.class_token_index
@@ -321,9 +322,33 @@ class ZeroShotPipeline:
             )
         return rows
 
+    def set_label_vectors(self, vectors: Mapping[str, torch.Tensor] | None) -> None:
+        """Score these labels with the given vectors instead of encoding their names (bi-encoders with the label
+        cache): e.g. few-shot prototypes, a label's vector mixed with the mean embedding of its examples. Each vector
+        is `[encoder hidden size]`, in the space of `logits(...)["class_embeddings"]`; labels not given are encoded as usual.
+        The vectors replace any set before; None or `{}` drops them. `clear_label_cache` keeps them."""
+        if not self.use_label_cache:
+            why = "label_cache=False" if self.config.uses_label_encoder else f"a {self._arch} has no label encoder"
+            raise ValueError(f"set_label_vectors needs a bi-encoder with the label cache on ({why})")
+        width = self.config.encoder_config.get_text_config().hidden_size  # the projectors' output width
+        pinned = {}
+        for label, vector in (vectors or {}).items():
+            if not isinstance(label, str) or not label:
+                raise ValueError(f"label vectors are keyed by non-empty label names, got {label!r}")
+            vector = torch.as_tensor(vector).detach()
+            if vector.shape != (width,):
+                raise ValueError(
+                    f"the vector of label {label!r} has shape {tuple(vector.shape)}; the model needs ({width},)"
+                )
+            if not torch.isfinite(vector).all():
+                raise ValueError(f"the vector of label {label!r} is not finite")
+            pinned[label] = vector.to(self.device, torch.float32)
+        self._label_vectors = pinned
+
     def clear_label_cache(self) -> None:
         """Forget cached bi-encoder label vectors (call after changing the model's weights), and the label sets and
-        label-block token ids remembered across calls (call after changing the processor's tokenizer)."""
+        label-block token ids remembered across calls (call after changing the processor's tokenizer). Vectors given
+        to `set_label_vectors` stay."""
         self._label_cache.clear()
         self._checked_labels.clear()
         self._fast_for, self._fast_ids = self.processor.tokenizer, _FastIds.of(self.processor.tokenizer)
@@ -553,7 +578,8 @@ class ZeroShotPipeline:
     def _forward(self, units: list[_Unit], requests: list[_Request]) -> Any:
         batch = self._batch(units, requests)
         if self.use_label_cache:
-            vectors = [torch.stack([self._label_cache[label] for label in u.labels]) for u in units]
+            given, cache = self._label_vectors, self._label_cache
+            vectors = [torch.stack([given[x] if x in given else cache[x] for x in u.labels]) for u in units]
             batch["class_embeddings"] = torch.nn.utils.rnn.pad_sequence(vectors, batch_first=True)
         if self.device.type != "cpu":
             batch = {key: value.to(self.device) for key, value in batch.items()}
@@ -587,6 +613,7 @@ class ZeroShotPipeline:
 
     def _cache_labels(self, labels: set[str]) -> None:
         """Encode labels missing from the cache (bi-encoders: a label's vector does not depend on the text)."""
+        labels = labels - self._label_vectors.keys()
         missing = sorted(label for label in labels if label not in self._label_cache)
         for label in labels & self._label_cache.keys():
             self._label_cache.move_to_end(label)

@@ -20,6 +20,7 @@ from gliclass.evaluation.data import (
 )
 from gliclass.evaluation.metrics import decide, evaluate_scores, expected_calibration_error, indicator, macro_f1
 from gliclass.evaluation.report import accuracy_table, fmt, markdown_table
+from gliclass.processing import pad_ids
 
 
 def write_dataset(root: Path, name: str, labels: list[str], splits: dict[str, list[tuple[str, list[str]]]]) -> None:
@@ -283,6 +284,55 @@ def test_few_shot_wise_alpha_zero_undoes_the_fine_tune(tiny_dir: Path, data_dir:
     assert "x zero-shot" in (tmp_path / "a0" / "few_shot.md").read_text()
     with pytest.raises(SystemExit, match="wise-alpha"):
         few_shot.main([*argv, "--wise-alpha", "1.5", "--out", str(tmp_path / "bad")])
+
+
+@pytest.fixture
+def tiny_bi_dir(tmp_path: Path, make_tiny) -> Path:
+    model, processor = make_tiny(architecture_type="bi-encoder", normalize_features=True)
+    out = tmp_path / "tiny_bi"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def test_prototype_vectors_by_hand(tiny_bi_dir: Path, data_dir: Path):
+    """Weight 0 gives each label its own vector, weight 1 the unit mean of its shots' unit text embeddings, and 0.5
+    the unit mix of the two (unit-norm features); a label without a shot is left out."""
+    model = GLiClassModel.from_pretrained(tiny_bi_dir).eval()
+    processor = GLiClassProcessor.from_pretrained(tiny_bi_dir)
+    shots = few_shot.shot_examples(load_eval_set("senti", data_dir, split="train"), 2, seed=0)
+    names = ["negative", "positive", "unseen"]
+    with torch.inference_mode():
+        padded = pad_ids(processor.label_ids(names), processor.label_tokenizer.pad_token_id or 0)
+        label = model.encode_labels(padded["input_ids"], padded["attention_mask"])
+        texts = torch.cat([model(**processor([e.text], [names])).text_embeddings for e in shots])
+    unit = torch.nn.functional.normalize
+    for weight in (0.0, 0.5, 1.0):
+        vectors = few_shot.prototype_vectors(model, processor, shots, names, weight)
+        assert sorted(vectors) == ["negative", "positive"]
+        for j, name in enumerate(names[:2]):
+            rows = [i for i, e in enumerate(shots) if name in e.true_labels]
+            mix = (1 - weight) * label[j] + weight * unit(unit(texts[rows], dim=-1).mean(0), dim=0)
+            torch.testing.assert_close(vectors[name], unit(mix, dim=0), atol=1e-5, rtol=1e-5)
+
+
+def test_few_shot_prototypes_end_to_end(tiny_bi_dir: Path, tiny_dir: Path, data_dir: Path, tmp_path: Path):
+    """With --prototype-weight the tuned-only scores are those of the same run without it, the prototypes move the
+    scores, and the table shows both rows; a uni-encoder (no label vectors) is refused before any tuning."""
+    argv = ["--data-dir", str(data_dir), "--datasets", "emo", "--test-split", "train", "--limit", "4"]
+    argv += ["--shots", "2", "--epochs", "1", "--threads", "1"]
+    plain = few_shot.main(["--model", str(tiny_bi_dir), *argv, "--out", str(tmp_path / "a")])["datasets"][0]
+    argv += ["--prototype-weight", "0.5"]
+    mixed = few_shot.main(["--model", str(tiny_bi_dir), *argv, "--out", str(tmp_path / "b")])["datasets"][0]
+    assert plain["fine_tune_only"] is None
+    assert mixed["fine_tune_only"] == plain["few_shot"] and mixed["zero_shot"] == plain["zero_shot"]
+    assert mixed["few_shot"]["ece"] != plain["few_shot"]["ece"]
+    table = (tmp_path / "b" / "few_shot.md").read_text()
+    assert "| 2 (tuned only) |" in table and "| 2 (tuned + prototypes) |" in table and "0.5 x own" in table
+    with pytest.raises(SystemExit, match="needs a bi-encoder with the dot scorer"):
+        few_shot.main(["--model", str(tiny_dir), *argv, "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="prototype-weight must be in"):
+        few_shot.main(["--model", str(tiny_bi_dir), *argv, "--prototype-weight", "2", "--out", str(tmp_path / "d")])
 
 
 @pytest.fixture

@@ -372,6 +372,50 @@ def test_bi_encoder_label_cache_equals_no_cache(arch):
     assert sum(calls) == 7
 
 
+def test_given_label_vectors_replace_the_encoded_ones():
+    """A label given a vector is scored with it and never encoded; other labels are encoded as before; dropping the
+    vectors (or not) survives `clear_label_cache` as documented."""
+    model, processor = tiny_model("bert", architecture_type="bi-encoder", max_length=48)
+    pipe = ZeroShotPipeline(model, processor)
+    texts = ["good movie", " ".join(WORDS * 2)]
+    plain = pipe.logits(texts, LABELS)
+    calls = []
+    encode = model.encode_labels
+    model.encode_labels = lambda ids, mask: calls.append(ids.shape[0]) or encode(ids, mask)
+    # "positive" takes the vector of "negative": its logits become those of "negative", the rest are unchanged
+    pipe = ZeroShotPipeline(model, processor)
+    pipe.set_label_vectors({"positive": plain[0]["class_embeddings"]["negative"]})
+    given = pipe.logits(texts, LABELS)
+    assert sum(calls) == 2  # only "negative" and "neutral" were encoded
+    for before, after in zip(plain, given, strict=True):
+        assert after["logits"]["positive"] == pytest.approx(before["logits"]["negative"], abs=1e-5)
+        for label in ("negative", "neutral"):
+            assert after["logits"][label] == pytest.approx(before["logits"][label], abs=1e-5)
+    pipe.clear_label_cache()
+    kept = pipe.logits(texts, LABELS)
+    assert kept[0]["logits"]["positive"] == pytest.approx(plain[0]["logits"]["negative"], abs=1e-5)
+    pipe.set_label_vectors(None)
+    back = pipe.logits(texts, LABELS)
+    assert back[0]["logits"]["positive"] == pytest.approx(plain[0]["logits"]["positive"], abs=1e-5)
+
+
+def test_label_vectors_are_checked():
+    model, processor = tiny_model("bert", architecture_type="bi-encoder", max_length=48)
+    pipe = ZeroShotPipeline(model, processor)
+    width = processor.config.encoder_config.hidden_size
+    with pytest.raises(ValueError, match=rf"has shape \(3,\); the model needs \({width},\)"):
+        pipe.set_label_vectors({"positive": torch.zeros(3)})
+    with pytest.raises(ValueError, match="not finite"):
+        pipe.set_label_vectors({"positive": torch.full((width,), float("nan"))})
+    with pytest.raises(ValueError, match="non-empty label names"):
+        pipe.set_label_vectors({"": torch.zeros(width)})
+    with pytest.raises(ValueError, match="label_cache=False"):
+        ZeroShotPipeline(model, processor, label_cache=False).set_label_vectors({"positive": torch.zeros(width)})
+    uni, uni_processor = tiny_model("bert", max_length=48)
+    with pytest.raises(ValueError, match="uni-encoder has no label encoder"):
+        ZeroShotPipeline(uni, uni_processor).set_label_vectors({"positive": torch.zeros(width)})
+
+
 def test_encoder_decoder_groups_labels_by_decoder_budget():
     model, processor = tiny_model(architecture_type="encoder-decoder", max_length=16)
     pipe = ZeroShotPipeline(model, processor)

@@ -4,12 +4,16 @@
     python -m gliclass.evaluation.few_shot --model default=models/default --model edge_cpu=models/edge_cpu ...
 
 `--model` is repeatable (`name=path` or a plain path, named as in the zero-shot harness); every model sees the
-same test rows and the same training shots. Per dataset and model the model is reloaded from disk, scored zero-shot, fine-tuned on the sampled shots (focal loss with the
-checkpoint's alpha/gamma, labels shuffled per example, encoder and head learning rates as in the official
-optimiser groups), optionally averaged with the zero-shot weights (`--wise-alpha`, WiSE-FT), and scored again on
-the same test rows. Only datasets with both train and test splits qualify, unless `--test-split train` holds the
-test rows out of `train` itself (the shots are then drawn from the other rows): that scores train-only datasets,
-e.g. to choose the few-shot schedule on sets that the reported table does not use.
+same test rows and the same training shots. Per dataset and model the model is reloaded from disk, scored
+zero-shot, fine-tuned on the sampled shots (focal loss with the checkpoint's alpha/gamma, labels shuffled per
+example, encoder and head learning rates as in the official optimiser groups), optionally averaged with the
+zero-shot weights (`--wise-alpha`, WiSE-FT), and scored again on the same test rows. `--prototype-weight`
+(bi-encoders with the dot scorer) then also moves each label's vector towards the mean embedding of its shots
+(`prototype_vectors`) and scores the test rows a third time; the table keeps the tuned-only row beside it.
+
+Only datasets with both train and test splits qualify, unless `--test-split train` holds the test rows out of
+`train` itself (the shots are then drawn from the other rows): that scores train-only datasets, e.g. to choose the
+few-shot schedule on sets that the reported table does not use.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from gliclass.evaluation.report import markdown_table, mean, publish
 from gliclass.evaluation.systems import GLiClassSystem
 from gliclass.modeling import GLiClassModel
 from gliclass.modeling.losses import GLiClassLoss
+from gliclass.pipeline import ZeroShotPipeline
 from gliclass.processing import GLiClassProcessor
 from gliclass.training.optim import parameter_groups
 from gliclass.training.utils import interpolate_weights, snapshot_weights
@@ -79,6 +84,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.0,
         help="weight-space ensemble of the tuned and zero-shot weights: alpha*tuned + (1-alpha)*zero-shot (1: tuned)",
+    )
+    parser.add_argument(
+        "--prototype-weight",
+        type=float,
+        default=0.0,
+        help="after tuning, each label's vector = (1-w) x its own + w x the mean of its shots' text embeddings "
+        "(bi-encoder, dot scorer; 0: off)",
     )
     parser.add_argument(
         "--test-split",
@@ -162,8 +174,54 @@ def fine_tune(
     return losses
 
 
-def score(model: GLiClassModel, processor: GLiClassProcessor, test: EvalSet, batch_size: int) -> dict[str, Any]:
+def check_prototypes(config: Any, name: str) -> None:
+    """Prototypes live in the space where a text's score for a label is the dot product of their vectors."""
+    if config.architecture_type != "bi-encoder" or config.scorer_type != "simple":
+        raise SystemExit(
+            f"--prototype-weight needs a bi-encoder with the dot scorer (scorer_type 'simple'); model {name!r} is a "
+            f"{config.architecture_type} with scorer {config.scorer_type!r}"
+        )
+
+
+def prototype_vectors(
+    model: GLiClassModel,
+    processor: GLiClassProcessor,
+    examples: list[Example],
+    label_names: Sequence[str],
+    weight: float,
+    batch_size: int = 8,
+) -> dict[str, torch.Tensor]:
+    """Each label's vector moved towards its prototype, the mean unit-length text embedding of the shots where it is
+    positive: `(1 - weight) * label + weight * prototype`, with the prototype rescaled to the label vector's norm and
+    the mix rescaled to it too (for unit-norm features: the normalised mix). Labels without a shot keep their own."""
+    pipe = ZeroShotPipeline(model, processor, batch_size=batch_size)
+    names = list(label_names)
+    outputs = pipe.logits([e.text for e in examples], names)
+    texts = torch.stack([o["text_embedding"] for o in outputs]).float()
+    texts = texts / texts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    vectors = {}
+    for name in names:
+        label = outputs[0]["class_embeddings"][name].float()
+        rows = [i for i, e in enumerate(examples) if e.true_labels.get(name, 0.0) > 0]
+        if not rows:
+            continue
+        norm = label.norm()
+        prototype = texts[rows].mean(0)
+        mixed = (1 - weight) * label + weight * prototype * (norm / prototype.norm().clamp_min(1e-12))
+        vectors[name] = mixed * (norm / mixed.norm().clamp_min(1e-12))
+    return vectors
+
+
+def score(
+    model: GLiClassModel,
+    processor: GLiClassProcessor,
+    test: EvalSet,
+    batch_size: int,
+    label_vectors: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     system = GLiClassSystem(model, processor, batch_size=batch_size)  # a fresh pipeline: no stale label cache
+    if label_vectors:
+        system.pipe.set_label_vectors(label_vectors)
     scores = system.scores(test.texts, test.label_names, test.multi_label)
     return evaluate_scores(scores, test.labels, test.label_names, test.multi_label).to_dict()
 
@@ -171,10 +229,15 @@ def score(model: GLiClassModel, processor: GLiClassProcessor, test: EvalSet, bat
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 <= args.wise_alpha <= 1.0:  # before any model loads or tunes
         raise SystemExit(f"--wise-alpha must be in [0, 1], got {args.wise_alpha}")
+    if not 0.0 <= args.prototype_weight <= 1.0:
+        raise SystemExit(f"--prototype-weight must be in [0, 1], got {args.prototype_weight}")
     torch.set_num_threads(args.threads)
     root = data_root(args.data_dir)
     models = resolve_models(args.model)
     processors = {m.name: GLiClassProcessor.from_pretrained(m.path) for m in models}
+    if args.prototype_weight > 0:
+        for m in models:
+            check_prototypes(processors[m.name].config, m.name)
     rows = []
     for name in select_datasets(root, args.datasets, args.test_split):
         # one test sample and one set of shots per dataset, shared by every model
@@ -191,6 +254,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 interpolate_weights(model, zero_weights, args.wise_alpha)
             tuned_s = time.perf_counter() - start
             few = score(model, processor, test, args.batch_size)
+            tuned = None
+            if args.prototype_weight > 0:
+                vectors = prototype_vectors(
+                    model, processor, examples, test.label_names, args.prototype_weight, args.batch_size
+                )
+                tuned, few = few, score(model, processor, test, args.batch_size, vectors)
             rows.append(
                 {
                     "name": name,
@@ -200,6 +269,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "num_labels": len(test.label_names),
                     "zero_shot": zero,
                     "few_shot": few,
+                    "fine_tune_only": tuned,  # with --prototype-weight: the tuned model before the prototypes
                     "fine_tune_seconds": tuned_s,
                     "first_loss": losses[0] if losses else None,
                     "last_loss": losses[-1] if losses else None,
@@ -227,7 +297,12 @@ def render(result: dict[str, Any]) -> str:
     table_rows = []
     for m in models:
         mine = {d["name"]: d for d in rows if d.get("model", m["name"]) == m["name"]}
-        for shots, key in ((0, "zero_shot"), (args["shots"], "few_shot")):
+        protos = args.get("prototype_weight", 0.0) > 0
+        for shots, key in (
+            (0, "zero_shot"),
+            *([(f"{args['shots']} (tuned only)", "fine_tune_only")] if protos else []),
+            (f"{args['shots']} (tuned + prototypes)" if protos else args["shots"], "few_shot"),
+        ):
             f1 = [mine[n][key]["macro_f1"] if n in mine else None for n in names]
             table_rows.append([*([m["name"]] if several else []), shots, *f1, mean(f1)])
     table = markdown_table(headers, table_rows)
@@ -274,6 +349,11 @@ def render(result: dict[str, Any]) -> str:
             f"batch {args['batch_size']}, lr head {args['lr']} / encoder {args['encoder_lr']}, focal loss"
             + (f" + {ce} x softmax cross-entropy" if (ce := args.get("cross_entropy_coef", 0.0)) else "")
             + (f"; weights {wa} x tuned + {1 - wa:g} x zero-shot" if (wa := args.get("wise_alpha", 1.0)) < 1.0 else "")
+            + (
+                f"; label vectors {1 - pw:g} x own + {pw:g} x mean shot embedding (prototypes)"
+                if (pw := args.get("prototype_weight", 0.0)) > 0
+                else ""
+            )
             + f"; test rows: {args['limit'] or 'all'} per dataset of `{args.get('test_split', 'test')}` "
             f"(stratified, seed {args['seed']}"
             + ("; the shots come from the other rows)" if args.get("test_split") == "train" else ")")

@@ -110,12 +110,18 @@ def export_model(
     if not isinstance(merged, GLiClassModel):
         raise TypeError(f"expected a GLiClassModel after merging, got {type(merged).__name__}")
     arch = merged.model
-    if getattr(arch, "label_encoder", None) is not None and arch.label_encoder is getattr(arch, "encoder_model", None):
-        # tied towers (tie_encoders): the checkpoint format has two, so write the shared one under both names
-        merged = copy.deepcopy(merged)
-        merged.model.label_encoder = copy.deepcopy(merged.model.encoder_model)
+    shared = getattr(arch, "label_encoder", None)
+    tied = shared is not None and shared is getattr(arch, "encoder_model", None)
     path = Path(path)
-    merged.save_pretrained(path)
+    if tied:
+        # tied towers (tie_encoders): the checkpoint format has two, so a copy of the shared tower is written as the
+        # label tower (the model's own tying is restored afterwards; only the tower is copied, not the model)
+        arch.label_encoder = copy.deepcopy(shared)
+    try:
+        merged.save_pretrained(path)
+    finally:
+        if tied:
+            arch.label_encoder = shared
     if loss is not None:
         config = copy.deepcopy(merged.config)
         for field, value in loss_config_fields(loss).items():
