@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_cpp_compiler
 
-from gliclass.evaluation import speed
+from gliclass.evaluation import speed, speed_harness, speed_inputs
 from gliclass.evaluation.workers import Worker, WorkerError
 
 WORDS = ["the", "movie", "was", "good", "and", "the", "plot", "was", "bad", "but", "i", "love", "the", "music"]
@@ -28,8 +28,8 @@ def write_dataset(root: Path, name: str, labels: list[str], split: str = "test")
 @pytest.fixture
 def bench_data(tmp_path: Path) -> Path:
     root = tmp_path / "data"
-    write_dataset(root, speed.LABEL_SOURCE, ["good", "bad", "music", "plot"], split="train")
-    for name in {speed.TEXT_SOURCE, *speed.MIXED_SOURCES}:
+    write_dataset(root, speed_inputs.LABEL_SOURCE, ["good", "bad", "music", "plot"], split="train")
+    for name in {speed_inputs.TEXT_SOURCE, *speed_inputs.MIXED_SOURCES}:
         write_dataset(root, name, ["good", "bad"])
     return root
 
@@ -47,8 +47,8 @@ def tiny_dirs(tmp_path: Path, make_tiny) -> tuple[Path, Path]:
 
 
 def test_rotate_spreads_the_order():
-    assert speed.rotate(["a", "b", "c"], 1) == ["b", "c", "a"]
-    assert speed.rotate(["a", "b", "c"], 3) == ["a", "b", "c"]
+    assert speed_harness.rotate(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert speed_harness.rotate(["a", "b", "c"], 3) == ["a", "b", "c"]
 
 
 @pytest.mark.slow
@@ -105,7 +105,7 @@ def test_interleaved_cells_take_turns_cap_and_survive_errors():
         "c": FakeWorker("c", 0.5, log, fail=True),
     }
     request = {"texts": ["x"], "labels": ["l1", "l2"], "batch_size": 1, "multi_label": True}
-    result = speed.interleaved(workers, ["a", "b", "c"], request, passes=4, cap=3.0)
+    result = speed_harness.interleaved(workers, ["a", "b", "c"], request, passes=4, cap=3.0)
     assert log == ["a", "b", "b", "a", "a", "a"]  # round 0: a, b; round 1: b, a (rotated); then b is over the cap
     assert result["a"]["passes"] == 4 and result["b"]["passes"] == 2
     assert result["a"]["examples_per_s"] == pytest.approx(100.0)
@@ -117,16 +117,16 @@ def test_the_onnx_cache_key_follows_the_models_files(tmp_path):
     """A retrained model under the same directory name must not reuse the old model's cached ONNX export."""
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "model.safetensors").write_bytes(b"weights-1")
-    first = speed.onnx_cache_key(tmp_path)
-    assert speed.onnx_cache_key(tmp_path) == first
+    first = speed_harness.onnx_cache_key(tmp_path)
+    assert speed_harness.onnx_cache_key(tmp_path) == first
     (tmp_path / "model.safetensors").write_bytes(b"weights-2")
-    second = speed.onnx_cache_key(tmp_path)
+    second = speed_harness.onnx_cache_key(tmp_path)
     assert second != first
     (tmp_path / "gliclass_processor.json").write_text('{"max_length": 64}')
-    assert speed.onnx_cache_key(tmp_path) not in (first, second)
+    assert speed_harness.onnx_cache_key(tmp_path) not in (first, second)
     # a changed label tokenizer (bi-encoders keep it in a sub-folder) changes what the export tokenises
     (tmp_path / "label_tokenizer").mkdir()
     (tmp_path / "label_tokenizer" / "tokenizer.json").write_text('{"v": 1}')
-    third = speed.onnx_cache_key(tmp_path)
+    third = speed_harness.onnx_cache_key(tmp_path)
     (tmp_path / "label_tokenizer" / "tokenizer.json").write_text('{"v": 2}')
-    assert speed.onnx_cache_key(tmp_path) != third
+    assert speed_harness.onnx_cache_key(tmp_path) != third

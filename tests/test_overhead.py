@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerFast
 
 import gliclass.pipeline as pipeline_module
 from gliclass.config import SPECIAL_TOKENS
-from gliclass.evaluation import speed
+from gliclass.evaluation import overhead, speed, speed_inputs
 from gliclass.evaluation.workers import official_python
 from gliclass.pipeline import ZeroShotPipeline, _SequenceIds
 from gliclass.processing import Segments, add_special_tokens, pad_ids
@@ -38,8 +38,8 @@ def bench_data(tmp_path: Path) -> Path:
     """The files the mode reads: clinc150's label names and IMDB texts (here a few tiny rows)."""
     root = tmp_path / "data"
     for name, split, labels in (
-        (speed.LABEL_SOURCE, "train", ["play music", "book a flight", "weather"]),
-        (speed.TEXT_SOURCE, "test", ["good", "bad"]),
+        (speed_inputs.LABEL_SOURCE, "train", ["play music", "book a flight", "weather"]),
+        (speed_inputs.TEXT_SOURCE, "test", ["good", "bad"]),
     ):
         (root / name).mkdir(parents=True)
         (root / name / "labels.json").write_text(json.dumps(labels))
@@ -59,7 +59,7 @@ def test_overhead_mode_end_to_end(bench_data: Path, tmp_path: Path):
     result = speed.main([*argv, "--labels", "1,3", "--lengths", "8,12", "--passes", "2", "--calls", "2"])
 
     assert result["mode"] == "overhead" and result["order"] == systems
-    assert result["budget_tokens"] == speed.OVERHEAD_BACKBONE["max_position_embeddings"]
+    assert result["budget_tokens"] == overhead.OVERHEAD_BACKBONE["max_position_embeddings"]
     assert [(c["text_tokens"], c["labels"]) for c in result["cells"]] == [(8, 1), (8, 3), (12, 1), (12, 3)]
     for cell in result["cells"]:
         assert set(cell["systems"]) == set(systems)
@@ -103,7 +103,7 @@ def test_overhead_defaults_and_explicit_values():
         "64,512",
         "overhead",
     )
-    assert (args.passes, args.calls) == (speed.OVERHEAD["passes"], speed.OVERHEAD["calls"])
+    assert (args.passes, args.calls) == (overhead.OVERHEAD["passes"], overhead.OVERHEAD["calls"])
     args = speed.parse_args(["--overhead", "--passes", "3", "--labels", "2"])
     assert (args.passes, args.labels) == (3, "2")
     plain = speed.parse_args([])

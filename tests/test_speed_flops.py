@@ -14,7 +14,7 @@ from conftest import tiny_model
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
-from gliclass.evaluation import speed
+from gliclass.evaluation import flops, overhead, speed, speed_harness, speed_inputs
 from gliclass.evaluation.systems import GLiClassSystem
 from gliclass.evaluation.worker import pipeline_shapes
 from gliclass.evaluation.workers import Worker, official_python
@@ -26,7 +26,7 @@ TINY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num
 
 def test_encoder_flops_formula_on_a_tiny_config():
     """L·(8·n·d² + 4·n·d·f + 4·n²·d): d=32, f=64, L=2, n=10."""
-    assert speed.encoder_flops(TINY, 10) == 2 * (8 * 10 * 32**2 + 4 * 10 * 32 * 64 + 4 * 10**2 * 32)
+    assert flops.encoder_flops(TINY, 10) == 2 * (8 * 10 * 32**2 + 4 * 10 * 32 * 64 + 4 * 10**2 * 32)
 
 
 @pytest.mark.parametrize("tokens", [1, 7, 40])
@@ -38,28 +38,28 @@ def test_encoder_flops_match_torchs_count_of_a_real_encoder(tokens: int):
     counter = FlopCounterMode(display=False)
     with counter, torch.inference_mode():
         model(input_ids=torch.randint(0, 100, (1, tokens)), attention_mask=torch.ones(1, tokens, dtype=torch.long))
-    assert speed.encoder_flops(TINY, tokens) == counter.get_total_flops()
+    assert flops.encoder_flops(TINY, tokens) == counter.get_total_flops()
 
 
 def test_call_flops_adds_every_row_and_the_label_tower_where_it_runs():
     label_tower = {**TINY, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1}
     config = {"encoder_config": TINY, "label_model_config": label_tower}
-    text = speed.encoder_flops(TINY, 50) + speed.encoder_flops(TINY, 20)
-    assert speed.call_flops(config, {"rows": [50, 20], "label_rows": []}) == text
-    labels = speed.encoder_flops(label_tower, 3) + speed.encoder_flops(label_tower, 5)
-    assert speed.call_flops(config, {"rows": [50, 20], "label_rows": [3, 5]}) == text + labels
+    text = flops.encoder_flops(TINY, 50) + flops.encoder_flops(TINY, 20)
+    assert flops.call_flops(config, {"rows": [50, 20], "label_rows": []}) == text
+    labels = flops.encoder_flops(label_tower, 3) + flops.encoder_flops(label_tower, 5)
+    assert flops.call_flops(config, {"rows": [50, 20], "label_rows": [3, 5]}) == text + labels
 
 
 def test_matmul_peak_is_positive_and_percent_follows_from_it():
     threads = torch.get_num_threads()
-    peak = speed.matmul_peak(threads=1, sizes=(64, 128), repeats=1)
+    peak = flops.matmul_peak(threads=1, sizes=(64, 128), repeats=1)
     assert peak["gflops"] > 0 and peak["gflops"] == max(peak["by_size"].values())
     assert set(peak["by_size"]) == {"64", "128"} and peak["threads"] == 1
     assert torch.get_num_threads() == threads  # restored
-    assert speed.peak_percent(2e9, 5.0, 40.0) == pytest.approx(25.0)  # 10 GFLOP/s of 40
-    pct = speed.peak_percent(1e6, 100.0, peak["gflops"])
+    assert flops.peak_percent(2e9, 5.0, 40.0) == pytest.approx(25.0)  # 10 GFLOP/s of 40
+    pct = flops.peak_percent(1e6, 100.0, peak["gflops"])
     assert pct == pytest.approx(100 * 1e8 / (peak["gflops"] * 1e9))
-    assert speed.peak_percent(None, 5.0, 40.0) is None and speed.peak_percent(1e9, None, 40.0) is None
+    assert flops.peak_percent(None, 5.0, 40.0) is None and flops.peak_percent(1e9, None, 40.0) is None
 
 
 def test_default_systems_drop_the_redundant_one():
@@ -97,7 +97,7 @@ def test_targets_judge_every_exact_system_on_its_own():
     }
     order = ["ours", "ours-compiled", "ours-nocache", "official", "ours-bf16"]
     out = speed.targets(cells, batched, order, "bi-encoder")
-    judged = {name: out[f"batch1_{name}_vs_official_ge_1.25x"] for name in speed.EXACT}
+    judged = {name: out[f"batch1_{name}_vs_official_ge_1.25x"] for name in speed_harness.EXACT}
     assert judged["ours"]["holds"] and judged["ours"]["min_ratio"] == pytest.approx(1.3)
     assert not judged["ours-compiled"]["holds"]
     assert [(c["labels"], c["ratio"]) for c in judged["ours-compiled"]["cells_below"]] == [(8, pytest.approx(1.2))]
@@ -123,7 +123,7 @@ def test_overhead_targets_judge_each_exact_system():
         systems = {n: {"ms_per_call": v, "pipeline_ms": v / 2} for n, v in systems.items()}
         return {"text_tokens": 64, "labels": 1, "systems": systems}
 
-    out = speed.overhead_targets([ov(6.0, 4.0, 1.0)], ["ours", "ours-compiled", "ours-fast", "official"])
+    out = overhead.overhead_targets([ov(6.0, 4.0, 1.0)], ["ours", "ours-compiled", "ours-fast", "official"])
     assert set(out) == {
         "overhead_ours_vs_official_le_0.5x",
         "overhead_ours_pipeline_ms_vs_official_le_0.5x",
@@ -152,7 +152,7 @@ def test_pipeline_shapes_count_the_label_tower_only_without_the_cache():
 def test_official_bf16_runs_in_the_worker(tmp_path: Path):
     """The official pipeline under bf16 autocast, in its own venv: scores near (not equal to) its fp32 ones, the
     same labels scored, shapes of its one row."""
-    model_dir = speed.tiny_checkpoint(tmp_path / "tiny")
+    model_dir = overhead.tiny_checkpoint(tmp_path / "tiny")
     request = {"texts": ["the movie was good and the plot was bad"], "labels": ["good", "bad"], "multi_label": True}
     with (
         Worker("official", model_dir, python=official_python(), max_length=64) as fp32,
@@ -166,7 +166,7 @@ def test_official_bf16_runs_in_the_worker(tmp_path: Path):
         shapes = bf16.request(cmd="shapes", **request)
         assert shapes["label_rows"] == [] and len(shapes["rows"]) == 1
     config = json.loads((model_dir / "config.json").read_text())
-    assert speed.call_flops(config, shapes) > 0
+    assert flops.call_flops(config, shapes) > 0
 
 
 def test_agreement_texts_fit_the_budget(tmp_path: Path):
@@ -175,14 +175,14 @@ def test_agreement_texts_fit_the_budget(tmp_path: Path):
     _, processor = tiny_model("bert", max_length=64)
     root = tmp_path / "data"
     words = ["the", "movie", "was", "good", "and", "the", "plot", "was", "bad", "but", "i", "love", "the", "music"]
-    for i, name in enumerate(speed.MIXED_SOURCES):
+    for i, name in enumerate(speed_inputs.MIXED_SOURCES):
         (root / name).mkdir(parents=True)
         (root / name / "labels.json").write_text(json.dumps(["good", "bad"]))
         text = " ".join(words * (4 if i % 2 else 1))  # every other source holds only long texts
         rows = [{"text": text, "labels": ["good"]} for _ in range(3)]
         (root / name / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    texts = speed.fitting_texts(root, 6, 0, processor, processor.tokenizer)
+    texts = speed_inputs.fitting_texts(root, 6, 0, processor, processor.tokenizer)
     assert texts and all(len(t.split()) == len(words) for t in texts)
     for text in texts:
-        string = processor.segments(text, speed.AGREEMENT_LABELS).string
+        string = processor.segments(text, speed_inputs.AGREEMENT_LABELS).string
         assert len(processor.tokenizer(string)["input_ids"]) <= processor.budget

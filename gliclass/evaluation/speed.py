@@ -24,26 +24,20 @@ bi-encoder ("ours" is then the cached bi-encoder), "ours-nocache" when it has no
 
 Every cell also gives each system's % of the fp32 FLOP peak: model FLOPs per call (`call_flops`, from the model's
 shapes and the rows each system runs) x calls/s / the peak of square fp32 matmuls (`matmul_peak`, 1024 and 2048,
-with the systems' thread count), measured in the same run before and after the cells (the higher is kept).
+with the systems' thread count; both in `gliclass.evaluation.flops`), measured in the same run before and after the
+cells (the higher is kept).
 
-`--overhead`: per-call overhead, the CPU proxy for GPU batch-1 speed. A tiny random uni-encoder (one 32-wide BERT
-layer, 2048 positions, the MiniLM tokenizer), saved in the official checkpoint format to a temp dir, so the forward
-costs almost nothing and each pipeline's own Python work shows. Ours (eager and compiled) and the official
-pipeline at batch 1, labels {1, 8, 128} x texts of {64, 512} tokens (every sequence fits the budget, so both run
-one identical model row);
-ms per call = the fastest pass of `--calls` back-to-back calls (mean per call). Each system's model alone (on the
-call's tensors) and its pipeline alone (the call with the model stubbed out) are timed the same way, in the same
-rotation. The target is ours/official <= 0.5 per call in every cell. Writes <out>/overhead.{md,json}.
+`--overhead`: per-call overhead on a tiny random model, ours vs the official pipeline (`gliclass.evaluation.overhead`,
+which describes it). Writes <out>/overhead.{md,json}.
+
+The systems, their worker processes and the interleaved passes are in `gliclass.evaluation.speed_harness`; the
+label and text inputs in `gliclass.evaluation.speed_inputs`.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import random
-import statistics
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -51,58 +45,36 @@ from typing import Any
 from transformers import AutoTokenizer
 
 from gliclass.data.benchmarks import data_root, read_benchmark, read_labels
-from gliclass.evaluation.common import CACHE_DIR, DEFAULT_MODEL, fresh_minilm, resolve_model, run_record
+from gliclass.evaluation.common import DEFAULT_MODEL, fresh_minilm, resolve_model, run_record
+from gliclass.evaluation.flops import PEAK_SIZES, call_flops, matmul_peak, peak_percent
+from gliclass.evaluation.overhead import OVERHEAD, render_overhead, run_overhead
 from gliclass.evaluation.report import markdown_table, publish
-from gliclass.evaluation.workers import Worker, WorkerError, official_python
+from gliclass.evaluation.speed_harness import (
+    BF16,
+    EXACT,
+    OURS_VS_OFFICIAL,
+    SYSTEMS,
+    compact,
+    interleaved,
+    rotate,
+    safe_ratio,
+    start_workers,
+)
+from gliclass.evaluation.speed_inputs import (
+    AGREEMENT_LABELS,
+    LABEL_SOURCE,
+    MIXED_LABELS,
+    TEXT_SOURCE,
+    fitting_texts,
+    mixed_texts,
+    text_of_length,
+)
+from gliclass.evaluation.workers import Worker, WorkerError
 from gliclass.processing import GLiClassProcessor
 
-SYSTEMS = (
-    "ours",
-    "ours-compiled",
-    "ours-nocache",
-    "official",
-    "ours-bf16",
-    "ours-fast",
-    "ours-fast-truncate",
-    "official-bf16",
-    "ours-onnx",
-    "ours-onnx-int8",
-    "ours-bi-cached",
-    "cross-encoder",
-)
-EXACT = ("ours", "ours-compiled", "ours-nocache")  # fp32, scores equal to the official: the targets judge each
-BF16 = ("ours-bf16", "ours-fast", "ours-fast-truncate")  # compared with official-bf16 (and the fp32 official)
-OFFICIALS = ("official", "official-bf16")
-OURS_VS_OFFICIAL = (*EXACT, *BF16)
-PEAK_SIZES = (1024, 2048)  # square fp32 matmuls whose best GFLOP/s is the peak
 LABEL_COUNTS = (1, 2, 4, 8, 16, 32, 64, 128)
 TEXT_LENGTHS = (64, 256, 512)
 QUICK = {"labels": "1,8,128", "lengths": "64,256", "passes": 3, "batched_texts": 32, "batched_passes": 1, "cap": 5.0}
-LABEL_SOURCE = "clinc150"  # 150 real intent names, 1-4 words each
-TEXT_SOURCE = "imdb"  # long reviews, cut to exact token counts
-MIXED_SOURCES = ("sst2", "ag_news", "imdb", "banking77", "emotion", "spam")
-MIXED_LABELS = ["positive", "negative", "neutral", "world", "sports", "business", "science", "spam", "question", "joy"]
-# agreement: one wordpiece each, at batch 1, so that the official pipeline's mean pooling over padding (labels padded
-# to the longest, texts to the batch's longest; its known bug) is a no-op and its fp32 scores are the exact reference
-AGREEMENT_LABELS = ["positive", "negative", "neutral", "world", "sports", "business", "science", "fraud", "question"]
-# --overhead: cells, passes and the tiny random backbone whose forward costs almost nothing
-OVERHEAD = {
-    "systems": "ours,ours-compiled,official",
-    "labels": "1,8,128",
-    "lengths": "64,512",
-    "passes": 20,
-    "calls": 5,
-}
-OVERHEAD_SYSTEMS = ("ours", "ours-compiled", "ours-fast", "ours-fast-truncate", "official")
-OVERHEAD_BACKBONE = {
-    "model_type": "bert",
-    "hidden_size": 32,
-    "num_hidden_layers": 1,
-    "num_attention_heads": 2,
-    "intermediate_size": 64,
-    "max_position_embeddings": 2048,  # 512 text tokens + 128 labels fit in one row, so no system cuts or chunks
-}
-OVERHEAD_TARGET = 0.5  # ours' per-call time at most this fraction of the official one
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -174,173 +146,6 @@ def default_systems(architecture: str) -> list[str]:
     if architecture in ("bi-encoder-fused",):
         return list(SYSTEMS)
     return [name for name in SYSTEMS if name != "ours-nocache"]
-
-
-def encoder_flops(config: dict[str, Any], tokens: int) -> float:
-    """Matmul FLOPs of one BERT-style encoder row of `tokens` real tokens: per layer, the Q/K/V/output projections
-    8·n·d², the feed-forward 4·n·d·f, and attention scores plus weighted sum 4·n²·d (d = hidden_size, f =
-    intermediate_size; a multiply-add is 2 FLOPs). Embeddings, norms, softmax, GELU and the GLiClass head (~1%) are
-    not counted."""
-    d, f, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
-    return float(layers * (8 * tokens * d * d + 4 * tokens * d * f + 4 * tokens * tokens * d))
-
-
-def call_flops(model_config: dict[str, Any], shapes: dict[str, list[int]]) -> float:
-    """FLOPs of one call: every encoder row the system runs (`shapes["rows"]`, real tokens each) plus the label
-    tower on every label it encodes per call (`shapes["label_rows"]`; none when served from a cache)."""
-    text = sum(encoder_flops(model_config["encoder_config"], n) for n in shapes["rows"])
-    labels = shapes.get("label_rows") or []
-    if labels:
-        label_config = model_config.get("label_model_config") or model_config["encoder_config"]
-        text += sum(encoder_flops(label_config, n) for n in labels)
-    return text
-
-
-def matmul_peak(threads: int = 1, sizes: Sequence[int] = PEAK_SIZES, repeats: int = 3) -> dict[str, Any]:
-    """The fp32 FLOP peak of this machine as the systems run it: the best GFLOP/s of square fp32 matmuls (`sizes`),
-    `repeats` timed products each after a warm-up, with `threads` torch threads (restored afterwards)."""
-    import time
-
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    by_size = {}
-    try:
-        for n in sizes:
-            a, b = torch.randn(n, n), torch.randn(n, n)
-            torch.mm(a, b)
-            best = min(_timed(lambda a=a, b=b: torch.mm(a, b), time.perf_counter) for _ in range(repeats))
-            by_size[str(n)] = 2 * n**3 / best / 1e9
-    finally:
-        torch.set_num_threads(before)
-    return {"gflops": max(by_size.values()), "by_size": by_size, "threads": threads}
-
-
-def _timed(fn: Any, clock: Any) -> float:
-    start = clock()
-    fn()
-    return clock() - start
-
-
-def peak_percent(flops: float | None, per_s: float | None, peak_gflops: float | None) -> float | None:
-    """% of the fp32 peak a system reaches: FLOPs per call x calls per second / peak."""
-    if not flops or not per_s or not peak_gflops:
-        return None
-    return 100.0 * flops * per_s / (peak_gflops * 1e9)
-
-
-def text_of_length(tokenizer: Any, source: Sequence[str], tokens: int) -> str:
-    """Real text cut to exactly `tokens` wordpieces (without [CLS]/[SEP]), checked by re-tokenising."""
-    ids: list[int] = []
-    for text in source:
-        ids += tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        if len(ids) >= tokens + 16:
-            break
-    for extra in range(16):  # decoding can merge pieces; take a few more ids until the count is exact
-        text = tokenizer.decode(ids[: tokens + extra])
-        count = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-        if count >= tokens:
-            return text
-    raise ValueError(f"could not build a {tokens}-token text")
-
-
-def mixed_texts(root: Path, count: int, seed: int) -> list[str]:
-    """`count` real texts drawn evenly from several test sets (short tweets to long reviews), seeded."""
-    rng = random.Random(seed)
-    per_source = -(-count // len(MIXED_SOURCES))
-    texts = []
-    for name in MIXED_SOURCES:
-        rows = read_benchmark(name, "test", root).rows
-        texts += [row.text for row in rng.sample(rows, min(per_source, len(rows)))]
-    rng.shuffle(texts)
-    return texts[:count]
-
-
-def fitting_texts(root: Path, count: int, seed: int, processor: GLiClassProcessor, tokenizer: Any) -> list[str]:
-    """Up to `count` mixed real texts (`mixed_texts`) whose sequence with `AGREEMENT_LABELS` fits the length budget:
-    a longer one is chunked by ours and cut by the official pipeline, so their scores differ by design."""
-    pool = mixed_texts(root, 3 * count, seed)
-    fits = [
-        text
-        for text in pool
-        if len(tokenizer(processor.segments(text, AGREEMENT_LABELS).string)["input_ids"]) <= processor.budget
-    ]
-    return fits[:count]
-
-
-def rotate(items: Sequence[str], k: int) -> list[str]:
-    k %= max(len(items), 1)
-    return list(items[k:]) + list(items[:k])
-
-
-def onnx_cache_key(model_dir: Path) -> str:
-    """What a cached ONNX export depends on: the model's files (weights, config, processor settings, the label
-    tokenizer's folder), the exporter's code and the torch / onnx / onnxruntime versions. A retrained model or a
-    changed exporter gets a new export."""
-    import importlib.metadata as metadata
-
-    import gliclass.onnx.export as exporter
-
-    digest = hashlib.sha256()
-    # every file below the model directory (label_tokenizer/ included), by its path relative to it
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(model_dir).as_posix().encode())
-        with open(path, "rb") as f:
-            for block in iter(lambda f=f: f.read(1 << 20), b""):
-                digest.update(block)
-    digest.update(Path(exporter.__file__).read_bytes())
-    for package in ("torch", "onnx", "onnxruntime"):
-        try:
-            digest.update(f"{package}=={metadata.version(package)}".encode())
-        except metadata.PackageNotFoundError:
-            digest.update(f"{package} missing".encode())
-    return digest.hexdigest()[:16]
-
-
-def onnx_export(model_dir: Path) -> Path | None:
-    """The model's ONNX export (fp32 graph-optimised + dynamic int8 graphs), written once under experiments/.cache
-    per `onnx_cache_key`; None without onnx."""
-    try:
-        from gliclass.onnx import export_onnx, has_onnx_export
-    except ImportError:
-        return None
-    out = CACHE_DIR / f"onnx-{model_dir.name}-{onnx_cache_key(model_dir)}"
-    if not has_onnx_export(out):
-        from gliclass.modeling import GLiClassModel
-
-        model, processor = GLiClassModel.from_pretrained(str(model_dir)), GLiClassProcessor.from_pretrained(model_dir)
-        export_onnx(model, processor, out, quantize="int8")
-    return out
-
-
-def start_workers(
-    names: Sequence[str], model_dir: Path, bi_dir: Path, budget: int, args: argparse.Namespace
-) -> dict[str, Worker]:
-    workers = {}
-    for name in names:
-        python = official_python() if name in OFFICIALS else None
-        if name in OFFICIALS and python is None:
-            print(f"official venv not found (GLICLASS_OFFICIAL_PYTHON): skipping the {name} system")
-            continue
-        directory: Path | None = model_dir
-        if name == "ours-bi-cached":
-            directory = bi_dir
-        elif name in ("ours-onnx", "ours-onnx-int8"):
-            directory = onnx_export(model_dir)
-            if directory is None:
-                print("gliclass.onnx / onnxruntime unavailable: skipping the ONNX system")
-                continue
-        workers[name] = Worker(
-            name,
-            directory,
-            python=python,
-            threads=args.threads,
-            max_length=budget,
-            batch_size=1,
-            pair_batch_size=args.pair_batch_size,
-        )
-    return workers
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -485,267 +290,6 @@ def agreement_stats(rows: Sequence[Sequence[float]], reference: Sequence[Sequenc
     return {"top1_agreement": same / len(rows), "max_abs_prob_diff": diff}
 
 
-def interleaved(
-    workers: dict[str, Worker],
-    order: Sequence[str],
-    request: dict[str, Any],
-    passes: int,
-    cap: float,
-    calls: int = 1,
-    warmup: int = 1,
-) -> dict[str, Any]:
-    """`warmup` calls each, then `passes` rounds of one timed pass per system (order rotating every round); a pass
-    is `calls` back-to-back calls and records the mean seconds of one. A system whose passes add up to more than
-    `cap` seconds sits out the remaining rounds."""
-    seconds: dict[str, list[float]] = {name: [] for name in order}
-    results: dict[str, Any] = {}
-    for name in order:
-        try:
-            reply = workers[name].request(cmd="time", passes=0, warmup=warmup, **request)
-            results[name] = {"labels_scored": reply["labels_scored"]}
-        except WorkerError as err:  # one failing cell (e.g. an official crash) must not end the run
-            results[name] = {"error": str(err)}
-    for p in range(passes):
-        for name in rotate(order, p):
-            if "error" in results[name] or sum(seconds[name]) * calls > cap:
-                continue
-            try:
-                reply = workers[name].request(cmd="time", passes=1, warmup=0, calls=calls, **request)
-                seconds[name] += reply["seconds"]
-            except WorkerError as err:
-                results[name] = {"error": str(err)}
-    for name in order:
-        if "error" not in results[name]:
-            results[name].update(
-                examples_per_s=len(request["texts"]) / statistics.median(seconds[name]),
-                passes=len(seconds[name]),
-                seconds=seconds[name],
-            )
-    return results
-
-
-def tiny_checkpoint(out: Path, seed: int = 0) -> Path:
-    """The --overhead model: `OVERHEAD_BACKBONE` with random weights and the MiniLM tokenizer, saved by our
-    `save_pretrained` in the official checkpoint format (the official package loads it with the same logits)."""
-    import torch
-
-    from gliclass import build_model
-
-    torch.manual_seed(seed)
-    model, processor = build_model(OVERHEAD_BACKBONE, max_length=OVERHEAD_BACKBONE["max_position_embeddings"])
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    return out
-
-
-def run_overhead(args: argparse.Namespace) -> dict[str, Any]:
-    """Per-call ms of each system at batch 1 on a tiny random model (see the module docstring), interleaved."""
-    root = data_root(args.data_dir)
-    names = [s.strip() for s in args.systems.split(",") if s.strip()]
-    unknown = [s for s in names if s not in OVERHEAD_SYSTEMS]
-    if unknown:
-        raise SystemExit(f"--overhead runs {list(OVERHEAD_SYSTEMS)}; got {unknown}")
-    label_counts = [int(x) for x in args.labels.split(",")]
-    lengths = [int(x) for x in args.lengths.split(",")]
-    pool = read_labels(LABEL_SOURCE, root)
-    if max(label_counts) > len(pool):
-        raise SystemExit(f"at most {len(pool)} labels ({LABEL_SOURCE})")
-    source = [row.text for row in read_benchmark(TEXT_SOURCE, "test", root).rows]
-    cells = []
-    with tempfile.TemporaryDirectory(prefix="gliclass-overhead-") as tmp:
-        model_dir = tiny_checkpoint(Path(tmp) / "tiny", args.seed)
-        processor = GLiClassProcessor.from_pretrained(model_dir, max_length=args.max_length or 1 << 30)
-        tokenizer = processor.tokenizer
-        texts = {length: text_of_length(tokenizer, source, length) for length in lengths}
-        workers = start_workers(names, model_dir, model_dir, processor.budget, args)
-        order = [name for name in names if name in workers]
-        try:
-            for k, (length, count) in enumerate((t, c) for t in lengths for c in label_counts):
-                labels = pool[:count]
-                sequence = len(tokenizer(processor.segments(texts[length], labels).string)["input_ids"])
-                request = {"texts": [texts[length]], "labels": labels, "batch_size": 1, "multi_label": True}
-                # each system's whole call, its model alone and its pipeline alone take turns with the other
-                # systems' in one rotation
-                parts = {f"{name}{part}": _Part(workers[name], part) for name in order for part in PARTS}
-                timed = interleaved(
-                    parts, rotate(list(parts), len(PARTS) * k), request, args.passes, args.cell_cap, args.calls, 3
-                )
-                systems = {name: _overhead_result(*(timed[name + part] for part in PARTS)) for name in order}
-                cell = {"text_tokens": length, "labels": count, "sequence_tokens": sequence, "systems": systems}
-                cell["max_score_diff_vs_official"] = _score_diffs(workers, order, request)
-                cells.append(cell)
-                print(_overhead_progress(cell))
-        finally:
-            for worker in workers.values():
-                worker.close()
-    return {
-        "run": run_record(args, "gliclass.evaluation.speed"),
-        "mode": "overhead",
-        "model": {
-            **OVERHEAD_BACKBONE,
-            "tokenizer": "minilm (30,522 wordpieces)",
-            "saved_by": "gliclass save_pretrained",
-        },
-        "order": order,
-        "budget_tokens": processor.budget,
-        "cells": cells,
-        "targets": overhead_targets(cells, order),
-    }
-
-
-PARTS = ("", ":forward", ":pipeline")  # a whole call, the model alone, the call with the model stubbed out
-
-
-class _Part:
-    """A worker whose `time` requests time one part of a call (see `PARTS` and worker.py's "part")."""
-
-    def __init__(self, worker: Worker, part: str) -> None:
-        self.worker, self.part = worker, part
-
-    def request(self, **request: Any) -> dict[str, Any]:
-        return self.worker.request(**request, **({"part": self.part[1:]} if self.part else {}))
-
-
-def _overhead_result(call: dict[str, Any], forward: dict[str, Any], pipeline: dict[str, Any]) -> dict[str, Any]:
-    """ms per call, of the model alone and of the pipeline alone (the call with the model stubbed out), each the
-    fastest pass: other jobs on a shared machine only ever add time, and a ~1 ms call is easily disturbed (the
-    medians are kept beside them)."""
-    parts = {"": call, "forward_": forward, "pipeline_": pipeline}
-    errors = [part["error"] for part in parts.values() if "error" in part]
-    if errors:
-        return {"error": errors[0]}
-    out: dict[str, Any] = {"labels_scored": call["labels_scored"], "passes": call["passes"]}
-    for prefix, part in parts.items():
-        out[f"{prefix}ms" if prefix else "ms_per_call"] = 1000 * min(part["seconds"])
-        out[f"median_{prefix}ms" if prefix else "median_ms_per_call"] = 1000 * statistics.median(part["seconds"])
-        out[f"{prefix}seconds"] = part["seconds"]
-    return out
-
-
-def _score_diffs(workers: dict[str, Worker], order: Sequence[str], request: dict[str, Any]) -> dict[str, Any]:
-    """max |score - official score| per system on the cell's input: the systems do the same work (None when an
-    official run is absent or failed)."""
-    if "official" not in order:
-        return {}
-    scores = {}
-    for name in order:
-        try:
-            scores[name] = workers[name].request(cmd="scores", **request)["scores"][0]
-        except WorkerError:
-            scores[name] = None
-    official = scores["official"]
-    return {
-        name: max(abs(a - b) for a, b in zip(scores[name], official, strict=True))
-        if scores[name] is not None and official is not None
-        else None
-        for name in order
-        if name != "official"
-    }
-
-
-def _ms(cell: dict[str, Any], name: str, key: str = "ms_per_call") -> float | None:
-    return cell["systems"].get(name, {}).get(key)
-
-
-def _overhead_progress(cell: dict[str, Any]) -> str:
-    parts = [f"{name}={_ms(cell, name):.3f}ms" if _ms(cell, name) else f"{name}=ERROR" for name in cell["systems"]]
-    return f"T={cell['text_tokens']:>3} L={cell['labels']:>3} ({cell['sequence_tokens']} tok): " + " ".join(parts)
-
-
-def overhead_targets(cells: list[dict[str, Any]], order: Sequence[str]) -> dict[str, Any]:
-    """Per exact system of ours (fp32, the official's scores: `EXACT`), each judged on its own: at most
-    `OVERHEAD_TARGET` of the official figure in every cell, for the per-call time (the issue's target) and, beside
-    it, the pipeline's own ms (the call with the model stubbed out). bf16 variants, when run, are shown, not judged."""
-    out: dict[str, Any] = {}
-    for name in [n for n in EXACT if n in order] if "official" in order else []:
-        for key, label in (("ms_per_call", ""), ("pipeline_ms", "_pipeline_ms")):
-            ratios = [
-                {
-                    "text_tokens": c["text_tokens"],
-                    "labels": c["labels"],
-                    "ratio": _ratio(_ms(c, name, key), _ms(c, "official", key)),
-                }
-                for c in cells
-            ]
-            measured = [r for r in ratios if r["ratio"] is not None]
-            worst = max(measured, key=lambda r: r["ratio"]) if measured else None
-            out[f"overhead_{name}{label}_vs_official_le_{OVERHEAD_TARGET}x"] = {
-                "holds": len(measured) == len(cells) > 0 and all(r["ratio"] <= OVERHEAD_TARGET for r in measured),
-                "max_ratio": worst and worst["ratio"],
-                "worst_cell": worst,
-                "cells_above": [r for r in ratios if r["ratio"] is None or r["ratio"] > OVERHEAD_TARGET],
-            }
-    return out
-
-
-def render_overhead(result: dict[str, Any]) -> str:
-    run_info, order = result["run"], result["order"]
-    model = result["model"]
-    ours = [name for name in OVERHEAD_SYSTEMS if name in order and name != "official"]
-    official = "official" in order
-    lines = [
-        "# Per-call overhead: ms per call at batch 1 on a tiny random model",
-        "",
-        f"- date: {run_info['date']}; commit {run_info['git_commit']}; torch {run_info['torch']}",
-        f"- command: `{run_info['command']}`",
-        f"- machine: {run_info['cpu_count']} CPU cores shared with other jobs; "
-        f"{run_info['args']['threads']} torch thread(s) in every system's process",
-        f"- model: random {model['model_type']} backbone, {model['num_hidden_layers']} layer(s) of width "
-        f"{model['hidden_size']}, {model['max_position_embeddings']} positions, {model['tokenizer']}; saved in the "
-        "official checkpoint format, loaded by every system; the forward costs almost nothing, so the time is the "
-        "pipeline's own work (the CPU proxy for GPU batch-1 speed)",
-        f"- length budget {result['budget_tokens']} tokens: every cell is one model row in every system; labels: "
-        "first L of clinc150's intent names; texts: an IMDB review cut to T wordpieces; multi-label, threshold 0.5",
-        f"- {run_info['args']['passes']} passes per cell and system after 3 warm-up calls, systems taking turns "
-        f"pass by pass; a pass is {run_info['args']['calls']} back-to-back calls; ms/call = the fastest pass (other "
-        "jobs on the shared machine only add time; the JSON keeps every pass and the medians)",
-        f"- target: ours/official <= {OVERHEAD_TARGET} (per-call time) in every cell, judged for each exact fp32 "
-        f"system of ours ({', '.join(n for n in EXACT if n in order)}) on its own",
-        "",
-    ]
-    headers = ["text tokens", "labels", "seq tokens", *(f"{n} ms/call" for n in order)]
-    if official:
-        headers += [f"{n}/official" for n in ours] + [f"{n} max score diff" for n in ours]
-    rows = []
-    for c in result["cells"]:
-        row: list[Any] = [c["text_tokens"], c["labels"], c["sequence_tokens"], *(_ms(c, n) for n in order)]
-        if official:
-            row += [_ratio(_ms(c, n), _ms(c, "official")) for n in ours]
-            row += [c["max_score_diff_vs_official"].get(n) for n in ours]
-        rows.append(row)
-    lines += ["## Per call", "", markdown_table(headers, rows, 3), ""]
-    headers = ["text tokens", "labels"]
-    headers += [f"{n} {what}" for n in order for what in ("model ms", "pipeline ms")]
-    if official:
-        headers += [f"{n}/official pipeline ms" for n in ours]
-    rows = []
-    for c in result["cells"]:
-        row = [c["text_tokens"], c["labels"]]
-        row += [_ms(c, n, key) for n in order for key in ("forward_ms", "pipeline_ms")]
-        if official:
-            row += [_ratio(_ms(c, n, "pipeline_ms"), _ms(c, "official", "pipeline_ms")) for n in ours]
-        rows.append(row)
-    lines += [
-        "## Where a call goes: the model alone vs the pipeline's own work",
-        "",
-        "model ms: the model alone on the call's tensors, prepared once; pipeline ms: the whole call with the model "
-        "swapped for a stub that returns its output at once (input checks, strings, tokenisation, tensors, scores, "
-        "output). Both are timed in the same interleaved passes; they need not add up to ms/call exactly (the "
-        "model runs warmer in a loop of its own).",
-        "",
-        markdown_table(headers, rows, 3),
-        "",
-        "## Targets",
-        "",
-    ]
-    if not result["targets"]:
-        lines.append("- none judged: the official system did not run (its venv is missing)")
-    for name, target in result["targets"].items():
-        detail = {k: v for k, v in target.items() if k != "holds"}
-        lines.append(f"- {'HOLDS' if target['holds'] else 'MISSED'} `{name}`: {_short(detail)}")
-    return "\n".join(lines)
-
-
 def _batched(workers: dict[str, Worker], order: Sequence[str], texts: list[str], args: argparse.Namespace) -> dict:
     """Mixed-length real texts at batch `batch_size`; passes interleave the systems (one pass each, rotating)."""
     seconds: dict[str, list[float]] = {name: [] for name in order}
@@ -808,7 +352,7 @@ def targets(
             record = {
                 "text_tokens": c["text_tokens"],
                 "labels": c["labels"],
-                "ratio": _ratio(_speed(c, name), _speed(c, "official")),
+                "ratio": safe_ratio(_speed(c, name), _speed(c, "official")),
                 "official_labels_scored": scored,
             }
             (judged if scored == c["labels"] else excluded).append(record)
@@ -823,7 +367,7 @@ def targets(
             "excluded_cells": excluded,
         }
         b = batched["systems"]
-        ratio = _ratio(b.get(name, {}).get("examples_per_s"), b.get("official", {}).get("examples_per_s"))
+        ratio = safe_ratio(b.get(name, {}).get("examples_per_s"), b.get("official", {}).get("examples_per_s"))
         out[f"batched_{name}_vs_official_ge_2x"] = {"holds": bool(ratio and ratio >= 2.0), "ratio": ratio}
     probe = next((c for c in cells if c["text_tokens"] == 256 and c["labels"] == 128), None)
     for name in [n for n in OURS_VS_OFFICIAL if n in order] if probe is not None and "cross-encoder" in order else []:
@@ -866,7 +410,7 @@ def _cell_table(cells: list[dict[str, Any]], systems: list[str], reference: str,
     for c in cells:
         row: list[Any] = [c["labels"], c["sequence_tokens"], *(_speed(c, n) for n in systems)]
         if has_reference:
-            row += [_ratio(_speed(c, name), _speed(c, reference)) for name in others]
+            row += [safe_ratio(_speed(c, name), _speed(c, reference)) for name in others]
         if peak:
             row += [c["systems"].get(name, {}).get("peak_pct") for name in systems]
         if has_reference:
@@ -1006,22 +550,8 @@ def render(result: dict[str, Any]) -> str:
     ]
     for name, target in result["targets"].items():
         detail = {k: v for k, v in target.items() if k != "holds"}
-        lines.append(f"- {'HOLDS' if target['holds'] else 'MISSED'} `{name}`: {_short(detail)}")
+        lines.append(f"- {'HOLDS' if target['holds'] else 'MISSED'} `{name}`: {compact(detail)}")
     return "\n".join(lines)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_short(v) for v in value) + "]"
-    return str(value)
 
 
 def plot(result: dict[str, Any], path: Path) -> Path:

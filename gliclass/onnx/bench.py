@@ -25,7 +25,8 @@ from transformers import AutoTokenizer
 from gliclass.data.benchmarks import data_root, read_benchmark, read_labels
 from gliclass.evaluation.common import DEFAULT_MODEL, run_record
 from gliclass.evaluation.report import markdown_table, publish
-from gliclass.evaluation.speed import LABEL_SOURCE, TEXT_SOURCE, interleaved, mixed_texts, rotate, text_of_length
+from gliclass.evaluation.speed_harness import interleaved, rotate
+from gliclass.evaluation.speed_inputs import LABEL_SOURCE, TEXT_SOURCE, mixed_texts, text_of_length
 from gliclass.evaluation.workers import Worker
 from gliclass.onnx.export import export_onnx
 from gliclass.processing import GLiClassProcessor
