@@ -345,6 +345,43 @@ class ZeroShotPipeline:
             pinned[label] = vector.to(self.device, torch.float32)
         self._label_vectors = pinned
 
+    def label_prototypes(self, examples: Mapping[str, Sequence[str]], weight: float = 0.5) -> dict[str, torch.Tensor]:
+        """Few-shot label vectors for `set_label_vectors`, with no training: each label's own vector moved towards its
+        prototype, the mean unit-length embedding of its example texts, as `(1 - weight) * label + weight *
+        prototype` (the prototype rescaled to the label vector's norm, and the mix rescaled to it too: for unit-norm
+        features, the normalised mix). `examples` maps each label to texts where it applies; weight 0 gives the
+        label's own vector, 1 the prototype alone. Bi-encoders with the dot scorer (`check_prototype_model`).
+
+            pipe.set_label_vectors(pipe.label_prototypes({"refund": ["I want my money back", ...], ...}))
+        """
+        check_prototype_model(self.config)
+        if not self.use_label_cache:
+            raise ValueError("label_prototypes needs the label cache on (label_cache=False)")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+            raise ValueError(f"weight must be a number in [0, 1], got {weight!r}")
+        if not isinstance(examples, Mapping):
+            raise TypeError(f"examples must map each label to its example texts, got {type(examples).__name__}")
+        labels = check_labels(list(examples))
+        texts: list[str] = []
+        for label in labels:
+            rows = examples[label]
+            if isinstance(rows, str) or not isinstance(rows, Sequence) or not rows:
+                raise ValueError(f"label {label!r} needs a non-empty list of example texts, got {rows!r}")
+            texts += [check_text(text, f"an example text of label {label!r}") for text in rows]
+        unique = list(dict.fromkeys(texts))
+        embedded = self.logits(unique, [labels[0]])  # a bi-encoder's text vector does not depend on the labels
+        vectors = torch.stack([out["text_embedding"].float() for out in embedded])
+        vectors = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        row_of = {text: i for i, text in enumerate(unique)}
+        own = self._encode_labels(labels)
+        prototypes = {}
+        for label, vector in zip(labels, own, strict=True):
+            norm = vector.norm()
+            prototype = vectors[[row_of[text] for text in examples[label]]].mean(0)
+            mixed = (1 - weight) * vector + weight * prototype * (norm / prototype.norm().clamp_min(1e-12))
+            prototypes[label] = mixed * (norm / mixed.norm().clamp_min(1e-12))
+        return prototypes
+
     def clear_label_cache(self) -> None:
         """Forget cached bi-encoder label vectors (call after changing the model's weights), and the label sets and
         label-block token ids remembered across calls (call after changing the processor's tokenizer). Vectors given
@@ -617,19 +654,25 @@ class ZeroShotPipeline:
         missing = sorted(label for label in labels if label not in self._label_cache)
         for label in labels & self._label_cache.keys():
             self._label_cache.move_to_end(label)
-        step = max(64, self.batch_size * 8)
-        with torch.inference_mode():
-            for start in range(0, len(missing), step):
-                names = missing[start : start + step]
-                ids = self.processor.label_ids(names)
-                padded = pad_ids(ids, self.processor.label_tokenizer.pad_token_id or 0)
-                vectors = self.model.encode_labels(
-                    padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
-                )
-                for name, vector in zip(names, vectors, strict=True):
-                    self._label_cache[name] = vector
+        for name, vector in zip(missing, self._encode_labels(missing), strict=True):
+            self._label_cache[name] = vector
         while len(self._label_cache) > max(self.label_cache_size, len(labels)):
             self._label_cache.popitem(last=False)
+
+    def _encode_labels(self, names: list[str]) -> list[torch.Tensor]:
+        """The label tower's vector of each name (bi-encoders), in chunks."""
+        out: list[torch.Tensor] = []
+        step = max(64, self.batch_size * 8)
+        with torch.inference_mode():
+            for start in range(0, len(names), step):
+                ids = self.processor.label_ids(names[start : start + step])
+                padded = pad_ids(ids, self.processor.label_tokenizer.pad_token_id or 0)
+                out += list(
+                    self.model.encode_labels(
+                        padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
+                    )
+                )
+        return out
 
     # ----------------------------------------------------------------- scores
     def _aggregation(self, multi: bool) -> str:
@@ -813,6 +856,17 @@ class _Compiled:
             return self.compiled(**batch)
         finally:
             inductor_config.freezing = False
+
+
+def check_prototype_model(config: Any) -> None:
+    """Label prototypes mix label and text vectors, which is sound where a label's score for a text is the dot
+    product of the two: a bi-encoder (not the fused one, whose label vectors enter the text encoder) with the dot
+    scorer."""
+    if config.architecture_type != "bi-encoder" or config.scorer_type != "simple":
+        raise ValueError(
+            f"label prototypes need a bi-encoder with the dot scorer (scorer_type 'simple'); this model is a "
+            f"{config.architecture_type} with scorer {config.scorer_type!r}"
+        )
 
 
 def _load_torch_model(path: str) -> torch.nn.Module:

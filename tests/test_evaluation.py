@@ -329,7 +329,7 @@ def test_few_shot_prototypes_end_to_end(tiny_bi_dir: Path, tiny_dir: Path, data_
     assert mixed["few_shot"]["ece"] != plain["few_shot"]["ece"]
     table = (tmp_path / "b" / "few_shot.md").read_text()
     assert "| 2 (tuned only) |" in table and "| 2 (tuned + prototypes) |" in table and "0.5 x own" in table
-    with pytest.raises(SystemExit, match="needs a bi-encoder with the dot scorer"):
+    with pytest.raises(SystemExit, match="need a bi-encoder with the dot scorer"):
         few_shot.main(["--model", str(tiny_dir), *argv, "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="prototype-weight must be in"):
         few_shot.main(["--model", str(tiny_bi_dir), *argv, "--prototype-weight", "2", "--out", str(tmp_path / "d")])

@@ -416,6 +416,57 @@ def test_label_vectors_are_checked():
         ZeroShotPipeline(uni, uni_processor).set_label_vectors({"positive": torch.zeros(width)})
 
 
+def test_label_prototypes_mix_label_and_example_vectors():
+    """Weight 0: the label's own vector; weight 1: the unit mean of its examples' unit text vectors; in between the
+    unit mix. Given as label vectors at weight 1, each label's one example scores its own label highest. Vectors
+    already given do not leak into the label's own vector."""
+    model, processor = tiny_model("bert", architecture_type="bi-encoder", max_length=48, normalize_features=True)
+    pipe = ZeroShotPipeline(model, processor)
+    examples = {"positive": ["good movie", "very good"], "negative": ["bad"], "neutral": [" ".join(WORDS * 2)]}
+    own = pipe.logits(["x"], LABELS)[0]["class_embeddings"]
+    texts = {label: [pipe.logits([t], LABELS)[0]["text_embedding"] for t in rows] for label, rows in examples.items()}
+    unit = torch.nn.functional.normalize
+    for weight in (0.0, 0.3, 1.0):
+        vectors = pipe.label_prototypes(examples, weight)
+        assert list(vectors) == list(examples)
+        for label, rows in texts.items():
+            prototype = unit(unit(torch.stack(rows), dim=-1).mean(0), dim=0)
+            expected = unit((1 - weight) * own[label] + weight * prototype, dim=0)
+            torch.testing.assert_close(vectors[label], expected, atol=1e-5, rtol=1e-5)
+    single = {label: rows[:1] for label, rows in examples.items()}
+    pipe.set_label_vectors(pipe.label_prototypes(single, 1.0))
+    for label, rows in single.items():
+        (scores,) = pipe.scores([rows[0]], LABELS)
+        assert max(scores, key=scores.get) == label
+    again = pipe.label_prototypes(examples, 0.0)  # with vectors given: still the label tower's own vectors
+    for label in LABELS:
+        torch.testing.assert_close(again[label], own[label], atol=1e-5, rtol=1e-5)
+
+
+def test_label_prototypes_refuse_what_they_cannot_do():
+    model, processor = tiny_model("bert", architecture_type="bi-encoder", max_length=48)
+    pipe = ZeroShotPipeline(model, processor)
+    with pytest.raises(ValueError, match=r"weight must be a number in \[0, 1\]"):
+        pipe.label_prototypes({"positive": ["good"]}, 1.5)
+    with pytest.raises(ValueError, match="needs a non-empty list of example texts"):
+        pipe.label_prototypes({"positive": []})
+    with pytest.raises(ValueError, match="needs a non-empty list of example texts"):
+        pipe.label_prototypes({"positive": "good"})
+    with pytest.raises(TypeError, match="examples must map each label"):
+        pipe.label_prototypes(["positive"])
+    with pytest.raises(ValueError, match="empty"):
+        pipe.label_prototypes({"positive": [""]})
+    with pytest.raises(ValueError, match="label_cache=False"):
+        ZeroShotPipeline(model, processor, label_cache=False).label_prototypes({"positive": ["good"]})
+    for config in ({"architecture_type": "uni-encoder"}, {"architecture_type": "bi-encoder-fused"}):
+        other, other_processor = tiny_model("bert", max_length=48, **config)
+        with pytest.raises(ValueError, match="need a bi-encoder with the dot scorer"):
+            ZeroShotPipeline(other, other_processor).label_prototypes({"positive": ["good"]})
+    mlp, mlp_processor = tiny_model("bert", architecture_type="bi-encoder", scorer_type="mlp", max_length=48)
+    with pytest.raises(ValueError, match="with scorer 'mlp'"):
+        ZeroShotPipeline(mlp, mlp_processor).label_prototypes({"positive": ["good"]})
+
+
 def test_encoder_decoder_groups_labels_by_decoder_budget():
     model, processor = tiny_model(architecture_type="encoder-decoder", max_length=16)
     pipe = ZeroShotPipeline(model, processor)

@@ -43,7 +43,7 @@ from gliclass.evaluation.report import markdown_table, mean, publish
 from gliclass.evaluation.systems import GLiClassSystem
 from gliclass.modeling import GLiClassModel
 from gliclass.modeling.losses import GLiClassLoss
-from gliclass.pipeline import ZeroShotPipeline
+from gliclass.pipeline import ZeroShotPipeline, check_prototype_model
 from gliclass.processing import GLiClassProcessor
 from gliclass.training.optim import parameter_groups
 from gliclass.training.utils import interpolate_weights, snapshot_weights
@@ -175,12 +175,11 @@ def fine_tune(
 
 
 def check_prototypes(config: Any, name: str) -> None:
-    """Prototypes live in the space where a text's score for a label is the dot product of their vectors."""
-    if config.architecture_type != "bi-encoder" or config.scorer_type != "simple":
-        raise SystemExit(
-            f"--prototype-weight needs a bi-encoder with the dot scorer (scorer_type 'simple'); model {name!r} is a "
-            f"{config.architecture_type} with scorer {config.scorer_type!r}"
-        )
+    """Before any tuning: prototypes need a model whose label scores are dot products (`check_prototype_model`)."""
+    try:
+        check_prototype_model(config)
+    except ValueError as error:
+        raise SystemExit(f"--prototype-weight: model {name!r}: {error}") from None
 
 
 def prototype_vectors(
@@ -191,25 +190,14 @@ def prototype_vectors(
     weight: float,
     batch_size: int = 8,
 ) -> dict[str, torch.Tensor]:
-    """Each label's vector moved towards its prototype, the mean unit-length text embedding of the shots where it is
-    positive: `(1 - weight) * label + weight * prototype`, with the prototype rescaled to the label vector's norm and
-    the mix rescaled to it too (for unit-norm features: the normalised mix). Labels without a shot keep their own."""
-    pipe = ZeroShotPipeline(model, processor, batch_size=batch_size)
-    names = list(label_names)
-    outputs = pipe.logits([e.text for e in examples], names)
-    texts = torch.stack([o["text_embedding"] for o in outputs]).float()
-    texts = texts / texts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    vectors = {}
-    for name in names:
-        label = outputs[0]["class_embeddings"][name].float()
-        rows = [i for i, e in enumerate(examples) if e.true_labels.get(name, 0.0) > 0]
-        if not rows:
-            continue
-        norm = label.norm()
-        prototype = texts[rows].mean(0)
-        mixed = (1 - weight) * label + weight * prototype * (norm / prototype.norm().clamp_min(1e-12))
-        vectors[name] = mixed * (norm / mixed.norm().clamp_min(1e-12))
-    return vectors
+    """`ZeroShotPipeline.label_prototypes` from the shots: each label's vector moved towards the mean unit-length
+    embedding of the shots where it is positive. Labels without a shot keep their own vector (left out)."""
+    texts = {
+        name: [e.text for e in examples if e.true_labels.get(name, 0.0) > 0]
+        for name in label_names
+        if any(e.true_labels.get(name, 0.0) > 0 for e in examples)
+    }
+    return ZeroShotPipeline(model, processor, batch_size=batch_size).label_prototypes(texts, weight)
 
 
 def score(
