@@ -329,6 +329,11 @@ def test_few_shot_prototypes_end_to_end(tiny_bi_dir: Path, tiny_dir: Path, data_
     assert mixed["few_shot"]["ece"] != plain["few_shot"]["ece"]
     table = (tmp_path / "b" / "few_shot.md").read_text()
     assert "| 2 (tuned only) |" in table and "| 2 (tuned + prototypes) |" in table and "0.5 x own" in table
+    alone = few_shot.main(["--model", str(tiny_bi_dir), *argv, "--epochs", "0", "--out", str(tmp_path / "e")])
+    alone = alone["datasets"][0]  # prototypes with no tuning: the tuned-only scores are the zero-shot ones
+    assert alone["fine_tune_only"] == alone["zero_shot"] and alone["few_shot"] != alone["zero_shot"]
+    table = (tmp_path / "e" / "few_shot.md").read_text()
+    assert "| 2 (prototypes, no tuning) |" in table and "tuned only" not in table
     with pytest.raises(SystemExit, match="need a bi-encoder with the dot scorer"):
         few_shot.main(["--model", str(tiny_dir), *argv, "--out", str(tmp_path / "c")])
     with pytest.raises(SystemExit, match="prototype-weight must be in"):

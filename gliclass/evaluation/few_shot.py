@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--whole-up-to", type=int, default=None, help="take a test split of at most this many rows whole (no --limit)"
     )
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="fine-tune epochs (0: no tuning, e.g. prototypes alone)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=5e-5, help="head learning rate")
     parser.add_argument("--encoder-lr", type=float, default=2e-5, help="encoder learning rate")
@@ -217,6 +217,8 @@ def score(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 <= args.wise_alpha <= 1.0:  # before any model loads or tunes
         raise SystemExit(f"--wise-alpha must be in [0, 1], got {args.wise_alpha}")
+    if args.epochs < 0:
+        raise SystemExit(f"--epochs must be >= 0, got {args.epochs}")
     if not 0.0 <= args.prototype_weight <= 1.0:
         raise SystemExit(f"--prototype-weight must be in [0, 1], got {args.prototype_weight}")
     torch.set_num_threads(args.threads)
@@ -285,11 +287,16 @@ def render(result: dict[str, Any]) -> str:
     table_rows = []
     for m in models:
         mine = {d["name"]: d for d in rows if d.get("model", m["name"]) == m["name"]}
-        protos = args.get("prototype_weight", 0.0) > 0
+        protos, tuned = args.get("prototype_weight", 0.0) > 0, args["epochs"] > 0
         for shots, key in (
             (0, "zero_shot"),
-            *([(f"{args['shots']} (tuned only)", "fine_tune_only")] if protos else []),
-            (f"{args['shots']} (tuned + prototypes)" if protos else args["shots"], "few_shot"),
+            *([(f"{args['shots']} (tuned only)", "fine_tune_only")] if protos and tuned else []),
+            (
+                f"{args['shots']} ({'tuned + prototypes' if tuned else 'prototypes, no tuning'})"
+                if protos
+                else args["shots"],
+                "few_shot",
+            ),
         ):
             f1 = [mine[n][key]["macro_f1"] if n in mine else None for n in names]
             table_rows.append([*([m["name"]] if several else []), shots, *f1, mean(f1)])
