@@ -327,9 +327,7 @@ class ZeroShotPipeline:
         cache): e.g. few-shot prototypes, a label's vector mixed with the mean embedding of its examples. Each vector
         is `[encoder hidden size]`, in the space of `logits(...)["class_embeddings"]`; labels not given are encoded as usual.
         The vectors replace any set before; None or `{}` drops them. `clear_label_cache` keeps them."""
-        if not self.use_label_cache:
-            why = "label_cache=False" if self.config.uses_label_encoder else f"a {self._arch} has no label encoder"
-            raise ValueError(f"set_label_vectors needs a bi-encoder with the label cache on ({why})")
+        self._require_label_cache("set_label_vectors")
         width = self.config.encoder_config.get_text_config().hidden_size  # the projectors' output width
         pinned = {}
         for label, vector in (vectors or {}).items():
@@ -355,8 +353,7 @@ class ZeroShotPipeline:
             pipe.set_label_vectors(pipe.label_prototypes({"refund": ["I want my money back", ...], ...}))
         """
         check_prototype_model(self.config)
-        if not self.use_label_cache:
-            raise ValueError("label_prototypes needs the label cache on (label_cache=False)")
+        self._require_label_cache("label_prototypes")  # its vectors are served from the cache
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
             raise ValueError(f"weight must be a number in [0, 1], got {weight!r}")
         if not isinstance(examples, Mapping):
@@ -381,6 +378,11 @@ class ZeroShotPipeline:
             mixed = (1 - weight) * vector + weight * prototype * (norm / prototype.norm().clamp_min(1e-12))
             prototypes[label] = mixed * (norm / mixed.norm().clamp_min(1e-12))
         return prototypes
+
+    def _require_label_cache(self, what: str) -> None:
+        if not self.use_label_cache:
+            why = "label_cache=False" if self.config.uses_label_encoder else f"a {self._arch} has no label encoder"
+            raise ValueError(f"{what} needs a bi-encoder with the label cache on ({why})")
 
     def clear_label_cache(self) -> None:
         """Forget cached bi-encoder label vectors (call after changing the model's weights), and the label sets and

@@ -192,12 +192,9 @@ def prototype_vectors(
 ) -> dict[str, torch.Tensor]:
     """`ZeroShotPipeline.label_prototypes` from the shots: each label's vector moved towards the mean unit-length
     embedding of the shots where it is positive. Labels without a shot keep their own vector (left out)."""
-    texts = {
-        name: [e.text for e in examples if e.true_labels.get(name, 0.0) > 0]
-        for name in label_names
-        if any(e.true_labels.get(name, 0.0) > 0 for e in examples)
-    }
-    return ZeroShotPipeline(model, processor, batch_size=batch_size).label_prototypes(texts, weight)
+    texts = {name: [e.text for e in examples if e.true_labels.get(name, 0.0) > 0] for name in label_names}
+    shot = {name: rows for name, rows in texts.items() if rows}
+    return ZeroShotPipeline(model, processor, batch_size=batch_size).label_prototypes(shot, weight)
 
 
 def score(
@@ -288,16 +285,11 @@ def render(result: dict[str, Any]) -> str:
     for m in models:
         mine = {d["name"]: d for d in rows if d.get("model", m["name"]) == m["name"]}
         protos, tuned = args.get("prototype_weight", 0.0) > 0, args["epochs"] > 0
-        for shots, key in (
-            (0, "zero_shot"),
-            *([(f"{args['shots']} (tuned only)", "fine_tune_only")] if protos and tuned else []),
-            (
-                f"{args['shots']} ({'tuned + prototypes' if tuned else 'prototypes, no tuning'})"
-                if protos
-                else args["shots"],
-                "few_shot",
-            ),
-        ):
+        few_label = args["shots"]
+        if protos:
+            few_label = f"{args['shots']} ({'tuned + prototypes' if tuned else 'prototypes, no tuning'})"
+        only = [(f"{args['shots']} (tuned only)", "fine_tune_only")] if protos and tuned else []
+        for shots, key in ((0, "zero_shot"), *only, (few_label, "few_shot")):
             f1 = [mine[n][key]["macro_f1"] if n in mine else None for n in names]
             table_rows.append([*([m["name"]] if several else []), shots, *f1, mean(f1)])
     table = markdown_table(headers, table_rows)
