@@ -76,6 +76,24 @@ def test_bi_encoder_parity_with_cached_label_vectors(bi):
     assert_same_logits(ZeroShotPipeline(model, processor), no_cache)
 
 
+@pytest.mark.slow
+def test_bi_encoder_label_prototypes_match_torch(bi):
+    """Few-shot prototypes come from the text graph's embeddings and are served from the ONNX label cache."""
+    model, processor, out, _ = bi
+    shots = {"positive": ["good movie", "a great day"], "negative": ["bad", LONG]}
+    torch_pipe, onnx_pipe = ZeroShotPipeline(model, processor), ZeroShotPipeline.from_pretrained(out)
+    expected, got = torch_pipe.label_prototypes(shots, 0.7), onnx_pipe.label_prototypes(shots, 0.7)
+    assert list(got) == ["positive", "negative"]
+    for label in shots:
+        torch.testing.assert_close(got[label], expected[label], atol=1e-4, rtol=0)
+    torch_pipe.set_label_vectors(expected)
+    onnx_pipe.set_label_vectors(got)
+    assert_same_logits(torch_pipe, onnx_pipe)
+    plain = ZeroShotPipeline.from_pretrained(out).logits(["a great day"], ["positive", "negative"])[0]["logits"]
+    moved = onnx_pipe.logits(["a great day"], ["positive", "negative"])[0]["logits"]
+    assert moved["positive"] != pytest.approx(plain["positive"], abs=1e-4)  # the given vectors are the ones served
+
+
 def test_dynamic_axes_accept_any_batch_length_and_label_count(uni):
     model, processor, out, _ = uni
     onnx_model = OnnxModel.from_pretrained(out)
