@@ -15,7 +15,7 @@ from gliclass.data.resumable import EpochSampler
 from gliclass.evaluation.data import load_eval_set
 from gliclass.modeling.architectures import GLiClassOutput
 from gliclass.modeling.losses import GLiClassLoss, label_cross_entropy
-from gliclass.training.build import build_model_and_processor, freeze_embeddings, tie_towers
+from gliclass.training.build import build_model_and_processor, freeze_embeddings, freeze_label_tower, tie_towers
 from gliclass.training.lora import export_model
 from gliclass.training.optim import parameter_groups
 from gliclass.training.utils import interpolate_weights, snapshot_weights, zero_shot_summary
@@ -217,6 +217,44 @@ def test_tie_encoders_refuses_what_it_cannot_tie():
     model.config.label_model_name = "another/backbone"
     with pytest.raises(ValueError, match="another/backbone"):
         tie_towers(model)
+
+
+def test_frozen_label_tower_stays_put_while_the_text_tower_and_heads_train():
+    model, processor = tiny_bi_encoder(freeze_label_encoder=True)
+    inner = model.model
+    tower = list(inner.label_encoder.parameters())
+    assert tower and all(not p.requires_grad for p in tower)
+    grouped = {id(p) for g in parameter_groups(model, encoder_lr=1e-3) for p in g["params"]}
+    assert all(id(p) not in grouped for p in tower)
+    assert id(inner.encoder_model.encoder.layer[0].attention.self.query.weight) in grouped
+    frozen = {name: value.detach().clone() for name, value in inner.label_encoder.state_dict().items()}
+    moving = {
+        "text": inner.encoder_model.encoder.layer[0].attention.self.query.weight,
+        "projector": next(inner.biencoder_projector.parameters()),
+    }
+    before = {name: p.detach().clone() for name, p in moving.items()}
+    optimizer = torch.optim.AdamW(parameter_groups(model, encoder_lr=1e-3), lr=1e-2)
+    model.train()
+    model(**processor(TEXTS, [LABELS] * 2)).logits.sum().backward()
+    assert all(p.grad is None for p in tower)  # no backward pass through the frozen tower
+    optimizer.step()
+    for name, value in inner.label_encoder.state_dict().items():
+        torch.testing.assert_close(value, frozen[name])
+    assert all(not torch.equal(p, before[name]) for name, p in moving.items())
+
+
+def test_freeze_label_encoder_refuses_what_it_cannot_freeze():
+    with pytest.raises(ValueError, match="choose one"):
+        tiny_bi_encoder(tie_encoders=True, freeze_label_encoder=True)
+    torch.manual_seed(0)
+    backbone = {"spec": TINY_BACKBONES["bert"], "tokenizer": tiny_tokenizer(), "pretrained": False}
+    with pytest.raises(ValueError, match="bi-encoder"):
+        build_model_and_processor(
+            backbone, {"architecture_type": "uni-encoder"}, max_length=64, freeze_label_encoder=True
+        )
+    model, _ = tiny_bi_encoder(tie_encoders=True)
+    with pytest.raises(ValueError, match="tied"):
+        freeze_label_tower(model)
 
 
 def test_frozen_word_embeddings_stay_put_while_the_rest_trains():

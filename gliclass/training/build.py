@@ -28,6 +28,7 @@ def build_model_and_processor(
     tie_encoders: bool = False,
     freeze_word_embeddings: bool = False,
     label_template: str | None = None,
+    freeze_label_encoder: bool = False,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A fresh GLiClass model (pretrained backbone, new head) and its processor.
 
@@ -37,6 +38,7 @@ def build_model_and_processor(
     `head_init` is "identity" (projectors start as the identity map) or "random" (see `build_model`).
     `tie_encoders`: a bi-encoder's text and label towers become one module (see `tie_towers`).
     `freeze_word_embeddings`: the backbones' token embedding tables are not trained (see `freeze_embeddings`).
+    `freeze_label_encoder`: a bi-encoder's label tower (its backbone) is not trained (see `freeze_label_tower`).
     `label_template`: the label tower reads each label inside this sentence (`GLiClassProcessor`), in training and
     in every use of the export.
     """
@@ -55,19 +57,49 @@ def build_model_and_processor(
         label_template=label_template,
         **_plain(config),
     )
-    apply_tower_options(model, tie_encoders, freeze_word_embeddings)
+    apply_tower_options(model, tie_encoders, freeze_word_embeddings, freeze_label_encoder=freeze_label_encoder)
     return model, processor
 
 
 def apply_tower_options(
-    model: GLiClassModel, tie_encoders: bool, freeze_word_embeddings: bool, trained: bool = False
+    model: GLiClassModel,
+    tie_encoders: bool,
+    freeze_word_embeddings: bool,
+    trained: bool = False,
+    freeze_label_encoder: bool = False,
 ) -> None:
-    """`tie_towers` and/or `freeze_embeddings`, as the run's `model.*` options ask; `trained` (a previous stage's
-    weights) ties only towers that hold equal weights."""
+    """`tie_towers`, `freeze_embeddings` and/or `freeze_label_tower`, as the run's `model.*` options ask; `trained`
+    (a previous stage's weights) ties only towers that hold equal weights."""
+    if tie_encoders and freeze_label_encoder:
+        raise ValueError(
+            "tie_encoders and freeze_label_encoder together would freeze the text tower too (it is the label tower); "
+            "choose one"
+        )
     if tie_encoders:
         tie_towers(model, require_equal=trained)
     if freeze_word_embeddings:
         freeze_embeddings(model)
+    if freeze_label_encoder:
+        freeze_label_tower(model)
+
+
+def freeze_label_tower(model: GLiClassModel) -> int:
+    """Stop training a bi-encoder's label backbone; returns how many of its tensors were frozen.
+
+    The label tower then keeps the backbone's embedding of every label name, those the training mix never uses
+    included, and the text tower and the projection heads learn to meet it. Training also runs no backward pass
+    through it. The export is unchanged (two towers, official layout).
+    """
+    config = model.config
+    if config.architecture_type != "bi-encoder":
+        raise ValueError(f"freeze_label_encoder needs architecture_type='bi-encoder', got {config.architecture_type!r}")
+    arch = model.model
+    if arch.label_encoder is arch.encoder_model:
+        raise ValueError("freeze_label_encoder: the label tower is the text tower (tied), so freezing it stops both")
+    weights = [p for p in arch.label_encoder.parameters() if p.requires_grad]
+    for param in weights:
+        param.requires_grad_(False)
+    return len(weights)
 
 
 def tie_towers(model: GLiClassModel, require_equal: bool = False) -> None:

@@ -43,15 +43,23 @@ def build_model_and_processor_from(
     tie_encoders: bool = False,
     freeze_word_embeddings: bool = False,
     label_template: str | None = None,
+    freeze_label_encoder: bool = False,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """The previous stage's model and processor, or a fresh one (`build_model_and_processor`, with `head_init`) when
     `init_from` is None. An export directory brings its own architecture config; a `.ckpt` is loaded into the
-    configured one. `tie_encoders`, `freeze_word_embeddings` and `label_template` apply as in
+    configured one. `tie_encoders`, `freeze_word_embeddings`, `freeze_label_encoder` and `label_template` apply as in
     `build_model_and_processor`; from an export, a null `label_template` keeps the export's own, and tying needs its
     two towers to hold equal weights (as a tied run exports them)."""
     if init_from is None:
         return build_model_and_processor(
-            backbone, config, max_length, head_init, tie_encoders, freeze_word_embeddings, label_template
+            backbone,
+            config,
+            max_length,
+            head_init,
+            tie_encoders,
+            freeze_word_embeddings,
+            label_template,
+            freeze_label_encoder,
         )
     path = Path(init_from)
     if path.is_dir():
@@ -66,7 +74,9 @@ def build_model_and_processor_from(
         load_checkpoint_weights(model, path)  # before tying: the checkpoint names both towers
     else:
         raise FileNotFoundError(f"init_from={init_from!r} is neither an export directory nor a .ckpt file")
-    apply_tower_options(model, tie_encoders, freeze_word_embeddings, trained=True)
+    apply_tower_options(
+        model, tie_encoders, freeze_word_embeddings, trained=True, freeze_label_encoder=freeze_label_encoder
+    )
     return model, processor
 
 
