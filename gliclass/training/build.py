@@ -90,9 +90,7 @@ def freeze_label_tower(model: GLiClassModel) -> int:
     included, and the text tower and the projection heads learn to meet it. Training also runs no backward pass
     through it. The export is unchanged (two towers, official layout).
     """
-    config = model.config
-    if config.architecture_type != "bi-encoder":
-        raise ValueError(f"freeze_label_encoder needs architecture_type='bi-encoder', got {config.architecture_type!r}")
+    _require_bi_encoder(model, "freeze_label_encoder")
     arch = model.model
     if arch.label_encoder is arch.encoder_model:
         raise ValueError("freeze_label_encoder: the label tower is the text tower (tied), so freezing it stops both")
@@ -113,8 +111,7 @@ def tie_towers(model: GLiClassModel, require_equal: bool = False) -> None:
     silently throw away.
     """
     arch, config = model.model, model.config
-    if config.architecture_type != "bi-encoder":
-        raise ValueError(f"tie_encoders needs architecture_type='bi-encoder', got {config.architecture_type!r}")
+    _require_bi_encoder(model, "tie_encoders")
     if config.label_model_name not in (None, config.encoder_model_name):
         raise ValueError(
             f"tie_encoders shares one tower, but the label tower was built from {config.label_model_name!r} and the "
@@ -129,6 +126,11 @@ def tie_towers(model: GLiClassModel, require_equal: bool = False) -> None:
             "tower's; start from a model trained with tied towers, or leave them untied"
         )
     arch.label_encoder = arch.encoder_model
+
+
+def _require_bi_encoder(model: GLiClassModel, option: str) -> None:
+    if model.config.architecture_type != "bi-encoder":
+        raise ValueError(f"{option} needs architecture_type='bi-encoder', got {model.config.architecture_type!r}")
 
 
 def freeze_embeddings(model: GLiClassModel) -> int:
