@@ -6,14 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-slow lint fixtures
+.PHONY: setup run test test-slow lint fixtures lock
 
-$(STAMP): pyproject.toml
+# every package at the version pinned in requirements.lock (refresh it on purpose: `make lock`)
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel on local disk; an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,6 +30,10 @@ test-slow: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+# re-resolve pyproject.toml's ranges in a throw-away venv and rewrite requirements.lock
+lock:
+	bash scripts/lock.sh
 
 fixtures:
 	bash scripts/official/make_fixtures.sh
