@@ -5,7 +5,6 @@ the pins on purpose)."""
 from __future__ import annotations
 
 import re
-import tomllib
 from importlib import metadata
 from pathlib import Path
 
@@ -14,6 +13,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+# Python 3.11+ (the lock is resolved on 3.11)
+tomllib = pytest.importorskip("tomllib")
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "gliclass-lab"
 
