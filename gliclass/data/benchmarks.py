@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -18,6 +18,11 @@ from pathlib import Path
 from gliclass.data.formats import DataFormatError, Example, PathLike, check_label_list, iter_json_rows, take
 
 DATA_DIR_ENV = "GLICLASS_DATA_DIR"
+# the 10 benchmark sets of paper Table 3: every model we report is scored on their test splits, zero-shot, so no
+# training row may be one of their test texts or a near-duplicate of one (gliclass.data.overlap)
+PAPER_BENCHMARKS = (
+    "sst2", "sst5", "rotten_tomatoes", "cr", "imdb", "ag_news", "emotion", "spam", "banking77", "snips",
+)  # fmt: skip
 MULTI_LABEL_DATASETS = frozenset({"go_emotions", "sem_eval_2018_ec"})
 NLI_DATASETS = frozenset({"snli"})  # premise/hypothesis rows: read them with gliclass.data.nli
 # in ../shared/data but not on the Hugging Face hub, so `gliclass.data.fetch` cannot build them
@@ -77,6 +82,8 @@ class BenchmarkSplit:
     labels: list[str]
     multi_label: bool
     rows: list[BenchmarkRow]
+    # rows left out by `read_benchmark(exclude=...)` (near-duplicates of evaluation rows), before any sample
+    excluded: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -100,11 +107,13 @@ def read_benchmark(
     root: PathLike | None = None,
     limit: int | None = None,
     sample_seed: int | str | None = None,
+    exclude: Callable[[str], bool] | None = None,
 ) -> BenchmarkSplit:
     """Read `<root>/<name>/<split>.jsonl`, checking every label against labels.json.
 
     `limit` keeps the first rows, or, with `sample_seed`, a seeded random sample of rows in file order (several
-    files are sorted by label: the first 500 rows of imdb/test are all negative).
+    files are sorted by label: the first 500 rows of imdb/test are all negative). `exclude(text)` True drops a
+    row before the limit is applied (so a sample still has `limit` rows), counted in `.excluded`.
     """
     if name in NLI_DATASETS:
         raise ValueError(f"{name!r} holds premise/hypothesis pairs: read it with gliclass.data.nli.read_nli")
@@ -117,11 +126,17 @@ def read_benchmark(
         raise FileNotFoundError(f"{path} does not exist; {name!r} has splits {present}")
     labels = read_labels(name, root)
     known = set(labels)
-    head = limit if sample_seed is None else None
+    head = limit if sample_seed is None and exclude is None else None
     rows = [_parse_benchmark_row(row, where, known) for row, where in islice(iter_json_rows(path), head)]
     multi = name in MULTI_LABEL_DATASETS or any(len(r.labels) > 1 for r in rows)  # judged on every row read
+    excluded = 0
+    if exclude is not None:
+        kept = [row for row in rows if not exclude(row.text)]
+        excluded, rows = len(rows) - len(kept), kept
+        if sample_seed is None and limit is not None:
+            rows = rows[:limit]
     rows = take(rows, limit, f"{sample_seed}:{name}:{split}")
-    return BenchmarkSplit(name, split, labels, multi, rows)
+    return BenchmarkSplit(name, split, labels, multi, rows, excluded)
 
 
 def _origin(name: str) -> str:

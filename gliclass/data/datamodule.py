@@ -18,7 +18,12 @@ into batches, within each dataset with `group_batches_by_dataset`; 0 turns it of
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
+import math
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,14 +31,18 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from gliclass.data.benchmarks import BenchmarkSplit, read_benchmark, to_examples
+from gliclass.data.benchmarks import PAPER_BENCHMARKS, BenchmarkSplit, data_root, read_benchmark, to_examples
 from gliclass.data.dataset import GLiClassCollator, GLiClassDataset
+from gliclass.data.families import FAMILY_OF, family_of, held_out_leaks
 from gliclass.data.formats import Example, read_training_file
 from gliclass.data.hub import load_hub_benchmark
 from gliclass.data.nli import load_hub_nli, nli_examples, read_nli
+from gliclass.data.overlap import NearDuplicateIndex
 from gliclass.data.patterns import fits_whole, pattern_stream
 from gliclass.data.resumable import EpochSampler, ResumableLoader
 from gliclass.processing import GLiClassProcessor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,10 +69,15 @@ class BenchmarkSpec:
             raise ValueError(f"benchmark spec {spec}: source must be 'local' or 'hub'")
         return cls(spec["name"], spec.get("split") or default_split, spec.get("limit"), spec.get("source", "local"))
 
-    def load(self, data_dir: str | None, sample_seed: int | None) -> BenchmarkSplit:
+    def load(self, data_dir: str | None, sample_seed: int | None, exclude=None) -> BenchmarkSplit:
+        """The split, sampled; `exclude(text)` True drops a row (locally before the sample, from the hub after)."""
         if self.source == "hub":
-            return load_hub_benchmark(self.name, self.split, self.limit, sample_seed=sample_seed)
-        return read_benchmark(self.name, self.split, data_dir, self.limit, sample_seed)
+            split = load_hub_benchmark(self.name, self.split, self.limit, sample_seed=sample_seed)
+            if exclude is not None:
+                kept = [row for row in split.rows if not exclude(row.text)]
+                split.excluded, split.rows = len(split.rows) - len(kept), kept
+            return split
+        return read_benchmark(self.name, self.split, data_dir, self.limit, sample_seed, exclude=exclude)
 
 
 class GLiClassDataModule(LightningDataModule):
@@ -94,6 +108,10 @@ class GLiClassDataModule(LightningDataModule):
         shuffle_labels: bool = True,
         data_dir: str | None = None,
         sample_limits: bool = True,
+        exclude_near_duplicates: bool = True,
+        protected_test_sets: Sequence[str] = PAPER_BENCHMARKS,
+        holdout_families: Sequence[str] = (),
+        rows_per_family: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -101,6 +119,18 @@ class GLiClassDataModule(LightningDataModule):
         self.processor = processor
         self.train_files = list(train_files)
         self.benchmarks = [BenchmarkSpec.parse(s, "train") for s in benchmarks]
+        self.holdout_families = list(holdout_families)
+        if self.holdout_families:  # leave-family-out CV: no training set shares a family with a held-out one
+            leaks = held_out_leaks([b.name for b in self.benchmarks], self.holdout_families)
+            if leaks:
+                log.info("held out of training (families %s): %s", self.holdout_families, leaks)
+            self.benchmarks = [b for b in self.benchmarks if b.name not in leaks]
+        if rows_per_family is not None:  # every family the same number of rows, split evenly over its sets
+            if rows_per_family < 1:
+                raise ValueError(f"rows_per_family must be >= 1 (or null), got {rows_per_family}")
+            sizes = Counter(family_of(b.name) for b in self.benchmarks)
+            for bench in self.benchmarks:
+                bench.limit = math.ceil(rows_per_family / sizes[family_of(bench.name)])
         self.nli = list(nli)
         self.nli_formulation = nli_formulation
         self.nli_extra_negatives = nli_extra_negatives
@@ -109,6 +139,13 @@ class GLiClassDataModule(LightningDataModule):
         self.pattern_copies = pattern_copies
         self.eval_specs = [BenchmarkSpec.parse(s, "test") for s in eval_datasets]
         self.eval_names = [s.name for s in self.eval_specs]
+        if self.holdout_families:
+            outside = [n for n in self.eval_names if n not in FAMILY_OF or FAMILY_OF[n] not in self.holdout_families]
+            if outside:
+                raise ValueError(
+                    f"holdout_families={self.holdout_families}: eval_datasets {outside} are not in a held-out family, "
+                    f"so a cross-validation fold would score sets outside the fold"
+                )
         if len(set(self.eval_names)) != len(self.eval_names):
             raise ValueError(f"eval_datasets name a dataset twice: {self.eval_names}")
         self.min_negatives = min_negatives
@@ -130,6 +167,11 @@ class GLiClassDataModule(LightningDataModule):
         self.shuffle_labels = shuffle_labels
         self.data_dir = data_dir
         self.sample_seed = seed if sample_limits else None  # limits: a seeded sample (True) or the first rows
+        # training rows equal to, or overlapping by containment (>= 40 normalised characters), a row of an eval
+        # dataset's split (all of its rows, not only the sample) or of a protected set's test split are dropped
+        self.exclude_near_duplicates = exclude_near_duplicates
+        self.protected_test_sets = list(protected_test_sets)
+        self.near_duplicates_dropped: dict[str, int] = {}
         self.train_examples: list[Example] | None = None
         self.val_examples: list[Example] | None = None
         self._eval: dict[str, BenchmarkSplit] | None = None
@@ -147,13 +189,51 @@ class GLiClassDataModule(LightningDataModule):
             out += nli_examples(pairs, self.nli_formulation, self.nli_extra_negatives, self.seed)
         return out
 
+    def near_duplicate_index(self) -> NearDuplicateIndex | None:
+        """Every row the training mix must not hold (see `__init__`), or None when the check is off."""
+        if not self.exclude_near_duplicates:
+            return None
+        sources = [(s.name, s.split, s.source) for s in self.eval_specs]
+        root = None
+        with contextlib.suppress(FileNotFoundError):  # no data directory: only the hub eval sets are checked
+            root = data_root(self.data_dir)
+        missing = []
+        for name in self.protected_test_sets:
+            if root is not None and (root / name / "test.jsonl").is_file():
+                sources.append((name, "test", "local"))
+            elif name not in {s.name for s in self.eval_specs}:
+                missing.append(name)
+        if missing:
+            log.warning(
+                "near-duplicate filter: the test splits of %s are not in the data directory, so training rows are "
+                "not checked against them (data.protected_test_sets lists the sets to protect)",
+                missing,
+            )
+        return _reference_index(tuple(sorted(set(sources))), None if root is None else str(root))
+
+    def _dropped(self, source: str, count: int) -> None:
+        if count:
+            self.near_duplicates_dropped[source] = self.near_duplicates_dropped.get(source, 0) + count
+            log.info("%s: %d training rows dropped as near-duplicates of evaluation rows", source, count)
+
     def build_mix(self) -> list[Example]:
-        """Every training source, in spec order (before the train/val split)."""
+        """Every training source, in spec order (before the train/val split), without near-duplicates of any
+        evaluation row (`exclude_near_duplicates`)."""
+        index = self.near_duplicate_index()
+        exclude = None if index is None else index.matches
+        self.near_duplicates_dropped = {}
         mix: list[Example] = []
         for spec in self.train_files:
             spec = {"path": spec} if isinstance(spec, str) else dict(spec)
-            mix += read_training_file(spec["path"], spec.get("limit"), self.sample_seed)
-        splits = [bench.load(self.data_dir, self.sample_seed) for bench in self.benchmarks]
+            rows = read_training_file(spec["path"], spec.get("limit"), self.sample_seed)
+            if exclude is not None:
+                kept = [ex for ex in rows if not exclude(ex.text)]
+                self._dropped(str(spec["path"]), len(rows) - len(kept))
+                rows = kept
+            mix += rows
+        splits = [bench.load(self.data_dir, self.sample_seed, exclude=exclude) for bench in self.benchmarks]
+        for split in splits:
+            self._dropped(f"{split.name}/{split.split}", split.excluded)
         for split in splits:
             # random negatives from the other training datasets' label sets
             foreign = [label for other in splits if other.name != split.name for label in other.labels]
@@ -166,7 +246,12 @@ class GLiClassDataModule(LightningDataModule):
                 foreign_labels=foreign,
                 max_foreign_negatives=self.max_foreign_negatives,
             )
-        mix += self._nli_examples()
+        nli = self._nli_examples()
+        if exclude is not None:
+            kept = [ex for ex in nli if not exclude(ex.text)]
+            self._dropped("snli", len(nli) - len(kept))
+            nli = kept
+        mix += nli
         if not mix:
             raise ValueError("GLiClassDataModule has no training data: give train_files, benchmarks or nli")
         return mix
@@ -274,6 +359,16 @@ class GLiClassDataModule(LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders()
+
+
+@functools.lru_cache(maxsize=8)
+def _reference_index(sources: tuple[tuple[str, str, str], ...], root: str | None) -> NearDuplicateIndex:
+    """The rows of every (name, split, source) split, whole, indexed (cached: tests and sweeps rebuild it often)."""
+    index = NearDuplicateIndex(())
+    for name, split, source in sources:
+        for row in BenchmarkSpec(name, split, None, source).load(root, None).rows:
+            index.add(row.text)
+    return index
 
 
 def _limit(spec: str) -> int | None:
