@@ -2,11 +2,11 @@
 
 python run.py                                   # the default run: MiniLM bi-encoder, models/default/
 python run.py experiment=minilm_bi              # a preset from conf/experiment/
-python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun: one directory per job
-python run.py -m experiment=ablation_cpu arch=uni,bi,fused pooling=first,mean,attn   # the ablation, then:
-python -m gliclass.evaluation.sweep logs/train/multiruns/ablation_cpu   # one table of every job of that sweep
+python run.py -m arch=uni,bi,fused pooling=first,mean,attn   # a multirun of the default recipe: 9 jobs, 9 dirs
+python run.py -m experiment=ablation_cpu arch=uni,bi,fused pooling=first,mean,attn   # the README's ablation table:
+python -m gliclass.evaluation.sweep logs/train/multiruns/ablation_cpu   # every job of it: <sweep dir>/summary.*
 python run.py run_name=my_run ...               # a run of its own: logs/train/runs/my_run/, models/my_run/
-python run.py ckpt_path=last                    # resume this run from its last.ckpt (fresh if there is none)
+python run.py ckpt_path=null                    # from scratch (default auto: resume this run's own last.ckpt)
 python run.py hparams_search=optuna             # an Optuna sweep over the optimisation settings
 """
 
@@ -33,8 +33,17 @@ from omegaconf import DictConfig
 os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 
 from gliclass.modeling import resolve_backbone  # noqa: E402
+from gliclass.training.callbacks import RunConfigRecord, SaveOnPreemption, last_checkpoint_path  # noqa: E402
 from gliclass.training.lora import export_model, trained_loss  # noqa: E402
-from gliclass.training.stages import run_stages  # noqa: E402
+from gliclass.training.resume import (  # noqa: E402  (also registers ${gliclass.sweep_dir:}, conf/hydra/default.yaml)
+    PREEMPTION,
+    exit_after_preemption,
+    preemption_signal,
+    resolve_ckpt_path,
+    resumed_step,
+    run_config,
+)
+from gliclass.training.stages import check_init_from, run_stages  # noqa: E402
 from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which the configs read)
     apply_extras,
     embed_sim_metrics,
@@ -42,6 +51,7 @@ from gliclass.training.utils import (  # noqa: E402  (after PROJECT_ROOT, which 
     instantiate_all,
     interpolate_weights,
     log_hyperparameters,
+    log_tags,
     snapshot_weights,
     zero_shot_summary,
 )
@@ -65,6 +75,13 @@ def save_end_of_training(trainer: L.Trainer) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
+    """`_train` with SLURM's preemption and time-limit signals handled (SIGUSR1, SIGUSR2, SIGTERM): the run stops at
+    the end of the running step with last.ckpt saved, raising `Preempted` (gliclass/training/resume.py)."""
+    with PREEMPTION.handling():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, float]:
     """Build everything from `cfg`, then (optionally) score the untrained model, fit, test and export.
 
     Returns every metric the stages logged (train/..., val/..., test/..., zeroshot_untrained/...). A config with
@@ -73,6 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("stages"):
         return run_stages(cfg, train, config_dir=Path(__file__).resolve().parent / "conf")
     apply_extras(cfg)
+    check_init_from(cfg, config_dir=Path(__file__).resolve().parent / "conf")  # model overrides an export would drop
     L.seed_everything(cfg.seed, workers=True)
 
     log.info("building the model (%s)", cfg.model.backbone.get("name") or cfg.model.backbone.spec.model_type)
@@ -80,7 +98,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data, processor=processor)
     module = instantiate(cfg.module, model=model)
     loggers = instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_all(cfg.get("callbacks")), logger=loggers or False)
+    # every checkpoint records the run's config (a resumed fit must share it); a preemption signal saves last.ckpt
+    run_cfg = run_config(cfg)
+    callbacks = [*instantiate_all(cfg.get("callbacks")), RunConfigRecord(run_cfg), SaveOnPreemption()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # auto (the default): this run's last.ckpt if it was written with this config; refuses another config's checkpoint
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), last_checkpoint_path(trainer), run_cfg, fit=cfg.train)
+    if hasattr(module, "check_trainer"):  # a module's trainer needs (PPO: one device, no accumulation), at the start
+        module.check_trainer(trainer)
+    log_tags(loggers, cfg.get("tags"))
 
     metrics: dict[str, float] = {"model/params": float(sum(p.numel() for p in model.parameters()))}
     if cfg.eval_untrained and cfg.test:
@@ -92,11 +118,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # the weights as built (seeded, so a resumed run rebuilds the same ones) for weight-space ensembling
     start = snapshot_weights(module.model) if cfg.train and alpha < 1.0 else None
     if cfg.train:
-        log.info("training (ckpt_path=%s)", cfg.ckpt_path)
-        start_step, started, cpu = trainer.global_step, time.perf_counter(), time.process_time()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        log.info("training (ckpt_path=%s: %s)", cfg.get("ckpt_path"), ckpt_path or "fresh")
+        # the step the fit resumes at (Lightning restores it inside `fit`): perf/train_steps counts this run's own
+        start_step, started, cpu = resumed_step(ckpt_path), time.perf_counter(), time.process_time()
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         save_end_of_training(trainer)
+        PREEMPTION.check(trainer)  # a signal after the last step (in the final validation): the end state is saved
         metrics |= scalars(trainer.callback_metrics)
         # this process's share of the fit (a resumed run counts only the steps it trained itself); CPU seconds (all
         # threads) are less sensitive than wall seconds to other jobs sharing the machine
@@ -117,15 +145,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.test:
         # the in-memory model after training (and ensembling): the model that is exported
         started, cpu = time.perf_counter(), time.process_time()
-        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else cfg.ckpt_path, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=None if cfg.train else ckpt_path, verbose=False)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
         metrics |= scalars(trainer.callback_metrics)
         rows = sum(len(datamodule.eval_examples(name)) for name in datamodule.eval_names)
         if rows:  # inference throughput of the whole test loop (all evaluation sets, batched as in evaluation)
             metrics |= {"perf/test_texts_per_s": rows / seconds, "perf/test_texts_per_cpu_s": rows / cpu}
-    if cfg.test and cfg.get("eval_embed_sim") and trainer.is_global_zero and cfg.model.backbone.get("name"):
+    backbone = cfg.model.backbone
+    # the baseline is the pretrained backbone's cosine: a randomly initialised backbone (pretrained=false) has none
+    pretrained = backbone.get("name") and backbone.get("pretrained", True)
+    if cfg.test and cfg.get("eval_embed_sim") and trainer.is_global_zero and pretrained:
         log.info("zero-shot evaluation of the embedding-similarity baseline (the backbone's mean-pooled cosine)")
-        baseline = embed_sim_metrics(datamodule, resolve_backbone(cfg.model.backbone.name))
+        device = trainer.strategy.root_device  # the trainer's device (the GPU of a GPU run), not always the CPU
+        baseline = embed_sim_metrics(datamodule, resolve_backbone(backbone.name), device=device)
         metrics |= baseline
         for logger in loggers:
             logger.log_metrics(baseline)
@@ -177,6 +209,13 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except BaseException as err:
+        signum = preemption_signal(err)
+        if signum is not None:  # saved and stopped: requeue (under SLURM) and exit with 128 + signum
+            record |= {"status": "preempted", "error": str(err)}
+            record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
+            if status_path:
+                _write_status(status_path, record)
+            exit_after_preemption(signum, is_global_zero=rank_zero_only.rank == 0)
         record |= {"status": "failed", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
         record["finished"] = dt.datetime.now(dt.timezone.utc).isoformat()
         if status_path:

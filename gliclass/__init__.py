@@ -2,6 +2,7 @@
 
 from transformers import AutoConfig, AutoModel
 
+import gliclass.resolvers  # noqa: F401  (the configs' ${gliclass.*:} resolvers)
 from gliclass.config import GLiClassConfig
 from gliclass.modeling import GLiClassModel, GLiClassOutput, build_model, resolve_backbone
 from gliclass.processing import GLiClassProcessor, LabelBudgetError, ReservedTokenError

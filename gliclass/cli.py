@@ -91,7 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _model_argument(export)
     export.add_argument("--out", type=Path, required=True, help="output directory")
-    export.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantised graphs")
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="also write int8 dynamically quantised graphs, and print how often they agree with fp32 (stderr)",
+    )
+    export.add_argument(
+        "--calibration",
+        type=Path,
+        metavar="FILE",
+        help="with --quantize: texts to calibrate int8 on and to measure its agreement on (.jsonl rows "
+        '{"text", "labels"?} or one text per line; default: built-in probe texts)',
+    )
     export.add_argument("--no-check", action="store_true", help="skip the torch-vs-onnxruntime parity check")
     return parser
 
@@ -213,12 +224,25 @@ def _load_pipeline(args: argparse.Namespace) -> Any:
 def export(args: argparse.Namespace, out: TextIO) -> None:
     from gliclass.modeling import GLiClassModel
     from gliclass.onnx import export_onnx
+    from gliclass.onnx.quantize import describe, read_calibration
     from gliclass.processing import GLiClassProcessor
 
+    if args.calibration is not None and args.quantize is None:
+        raise UsageError("--calibration calibrates the int8 graphs: add --quantize int8")
+    calibration = None
+    if args.calibration is not None:
+        try:
+            calibration = read_calibration(args.calibration)
+        except (FileNotFoundError, ValueError) as error:
+            raise UsageError(str(error)) from None
     model_dir = resolve_model(args.model)
     model = GLiClassModel.from_pretrained(str(model_dir))
     processor = GLiClassProcessor.from_pretrained(str(model_dir))
-    meta = export_onnx(model, processor, args.out, quantize=args.quantize, check=not args.no_check)
+    meta = export_onnx(
+        model, processor, args.out, quantize=args.quantize, check=not args.no_check, calibration=calibration
+    )
+    if args.quantize:  # what int8 changes, measured at export (stdout stays one JSON object)
+        print(f"gliclass export-onnx: {describe(meta['int8']['agreement'])}", file=sys.stderr)
     out.write(json.dumps({"out": str(args.out), **meta}) + "\n")
 
 

@@ -15,6 +15,9 @@ ARCHITECTURES = ("uni-encoder", "bi-encoder", "bi-encoder-fused", "encoder-decod
 POOLINGS = ("first", "last", "avg", "max", "sum", "rms", "abs_max", "abs_avg", "attn", "pass")
 SCORERS = ("simple", "weighted-dot", "mlp", "hopfield", "cross-attn")
 CLASS_TOKEN_POOLINGS = ("first", "average")
+SEGMENT_ATTENTIONS = ("none", "gated")
+# backbones whose attention the gated segment attention knows how to bias (gliclass/modeling/segments.py)
+SEGMENT_ATTENTION_BACKBONES = ("bert", "deberta-v2", "modernbert")
 
 LABEL_TOKEN = "<<LABEL>>"
 SEP_TOKEN = "<<SEP>>"
@@ -54,6 +57,11 @@ class GLiClassConfig(PretrainedConfig):
     mean) keeps the official spans: the last label runs to the end of the sequence unless extract_text_features is
     set, and extract_text_features pools everything from the first `<<SEP>>`, which without `prompt_first` holds
     no text at all.
+
+    `segment_attention` (ours): "none" (the default; what official checkpoints mean) or "gated": the uni-encoder or
+    fused bi-encoder reads the text and every label in its own `[CLS] ... [SEP]` segment, with learnt per-layer gates
+    on the attention between segments that start closed, so a new model starts as the bi-encoder (see
+    `gliclass.modeling.segments`). The official package cannot read such a checkpoint.
     """
 
     model_type = "GLiClass"
@@ -99,6 +107,7 @@ class GLiClassConfig(PretrainedConfig):
         dropout: float = 0.1,
         use_segment_embeddings: bool = False,
         exact_feature_spans: bool = False,
+        segment_attention: str = "none",
         **kwargs: Any,
     ) -> None:
         encoder_model = encoder_model or kwargs.pop("encoder_model_name", None)
@@ -154,9 +163,20 @@ class GLiClassConfig(PretrainedConfig):
         self.dropout = dropout
         self.use_segment_embeddings = use_segment_embeddings
         self.exact_feature_spans = exact_feature_spans
+        self.segment_attention = segment_attention
         self.pad_token_id = text_config.pad_token_id
         super().__init__(problem_type=problem_type, **kwargs)
         self.validate()
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        """As `PretrainedConfig.from_dict`, then `validate` again: keyword overrides (`from_pretrained(path,
+        squeeze_layers=True)`, also through `GLiClassModel.from_pretrained`) are set after `__init__` validated the
+        saved fields, and would otherwise skip every check."""
+        result = super().from_dict(config_dict, **kwargs)
+        config = result[0] if isinstance(result, tuple) else result
+        config.validate()
+        return result
 
     def validate(self) -> None:
         """Fail early, naming the field, instead of building a model that crashes or silently misbehaves."""
@@ -192,6 +212,7 @@ class GLiClassConfig(PretrainedConfig):
         if self.layer_wise:
             raise ValueError("layer_wise=True (a loss on every encoder layer) is not supported; use squeeze_layers")
         self._validate_uni_encoder_options()
+        self._validate_segment_attention()
         num_states = getattr(self.encoder_config.get_text_config(), "num_hidden_layers", None)
         if (
             self.encoder_layer_id != -1
@@ -227,6 +248,46 @@ class GLiClassConfig(PretrainedConfig):
             raise ValueError(
                 f"encoder_layer_id={self.encoder_layer_id} and squeeze_layers=True both choose the token states "
                 "(encoder_layer_id would silently win); set only one of them"
+            )
+
+    def _validate_segment_attention(self) -> None:
+        """`segment_attention="gated"` (ours, see `gliclass.modeling.segments`): the text and every label are laid out
+        as the backbone reads each alone, and attention between them is gated (closed at initialisation)."""
+        if self.segment_attention not in SEGMENT_ATTENTIONS:
+            raise ValueError(
+                f"segment_attention={self.segment_attention!r} is not supported; choose one of {list(SEGMENT_ATTENTIONS)}"
+            )
+        if self.segment_attention == "none":
+            return
+        if self.architecture_type not in ("uni-encoder", "bi-encoder-fused"):
+            raise ValueError(
+                f"segment_attention={self.segment_attention!r} needs architecture_type 'uni-encoder' or "
+                f"'bi-encoder-fused', got {self.architecture_type!r}"
+            )
+        conflicts = {
+            "use_segment_embeddings": (self.use_segment_embeddings, "the segment layout already marks the segments"),
+            "prompt_first": (self.prompt_first, "the prompt is read in the text's own segment, as a bi-encoder does"),
+            "embed_class_token": (
+                not self.embed_class_token,
+                "each label's segment starts with the backbone's own start token, which its pooling reads",
+            ),
+        }
+        for field, (is_set, why) in conflicts.items():
+            if is_set:
+                raise ValueError(
+                    f"{field}={getattr(self, field)!r} is not supported with segment_attention="
+                    f"{self.segment_attention!r}: {why}"
+                )
+        if self.pooling_strategy == "pass":
+            raise ValueError(
+                f"pooling_strategy='pass' is not supported with segment_attention={self.segment_attention!r}: every "
+                "label segment is pooled into one vector, as in a bi-encoder"
+            )
+        model_type = self.encoder_config.get_text_config().model_type
+        if model_type not in SEGMENT_ATTENTION_BACKBONES:
+            raise ValueError(
+                f"segment_attention={self.segment_attention!r} supports the backbones "
+                f"{list(SEGMENT_ATTENTION_BACKBONES)}; got model_type={model_type!r}"
             )
 
     @property

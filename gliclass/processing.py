@@ -2,6 +2,9 @@
 
 Uni-encoder / fused sequences are `text + <<LABEL>>l1<<LABEL>>l2...<<SEP>>[prompt] + examples` (or the label block
 first with `prompt_first`). Few-shot examples are `<<EXAMPLE>>{text} \\nLabels:\\n {l1, l2}` ... `<<SEP>>`.
+With `segment_attention="gated"` every label (and example) is its own segment instead,
+`[CLS] text [SEP] <<LABEL>> l1 [SEP] <<LABEL>> l2 [SEP] ...` (fused: `<<LABEL>> [SEP]` per label), each piece
+tokenised as the tokenizer reads it alone (checked when the processor is built); see `gliclass.modeling.segments`.
 
 Unlike the official pipeline, a sequence over the length budget loses text, never labels: the text is cut at a
 token boundary found from the tokenizer's character offsets, and the whole string is tokenised again, so inputs
@@ -111,6 +114,11 @@ def format_examples(examples: Sequence[Mapping[str, Any]] | None) -> str:
     """Few-shot examples in the official training format, closed by one <<SEP>>."""
     if not examples:
         return ""
+    return "".join(example_strings(examples)) + SEP_TOKEN
+
+
+def example_strings(examples: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Each few-shot example as `<<EXAMPLE>>{text} \\nLabels:\\n {l1, l2}` (checked for reserved tokens)."""
     parts = []
     for i, example in enumerate(examples):
         if not isinstance(example, Mapping) or "text" not in example:
@@ -120,7 +128,7 @@ def format_examples(examples: Sequence[Mapping[str, Any]] | None) -> str:
         check_reserved(str(example["text"]), f"few-shot example {i} text")
         check_reserved(labels, f"few-shot example {i} labels")
         parts.append(f"{EXAMPLE_TOKEN}{example['text']} \nLabels:\n {labels}")
-    return "".join(parts) + SEP_TOKEN
+    return parts
 
 
 @dataclass
@@ -185,6 +193,36 @@ class GLiClassProcessor:
         limit = backbone_position_limit(config.encoder_config)
         self.budget = min(max_length, limit) if limit is not None else max_length
         self.num_special = tokenizer.num_special_tokens_to_add(pair=False)
+        # gated segment attention: the string that closes a segment, and what follows a segment's marker
+        self._segment_end, self._segment_joiner = None, ""
+        if config.segment_attention == "gated":
+            self._segment_end, self._segment_joiner = self._segment_layout()
+
+    def _segment_layout(self) -> tuple[str, str]:
+        """(the tokenizer's closing special token, the joiner after a segment marker) such that
+        `text + end + <<LABEL>> + joiner + label` tokenises to `[start] text [end] <<LABEL>> label [end]`, each piece
+        exactly as the tokenizer reads it alone (checked on a probe); `ValueError` for a tokenizer that cannot."""
+        tokenizer = self.tokenizer
+        specials = tokenizer("", add_special_tokens=True)["input_ids"]
+        if len(specials) != 2:
+            raise ValueError(
+                "segment_attention='gated' needs a tokenizer that wraps a sequence in one start and one end token "
+                f"([CLS] ... [SEP]); {type(tokenizer).__name__} adds {tokenizer.convert_ids_to_tokens(specials)}"
+            )
+        end = tokenizer.convert_ids_to_tokens(specials[1])
+        text, label = "good movie", "very bad food"
+
+        def plain(string: str) -> list[int]:
+            return tokenizer(string, add_special_tokens=False)["input_ids"]
+
+        expected = [specials[0], *plain(text), specials[1], self.config.class_token_index, *plain(label), specials[1]]
+        for joiner in ("", " "):
+            if tokenizer(text + end + LABEL_TOKEN + joiner + label)["input_ids"] == expected:
+                return end, joiner
+        raise ValueError(
+            f"segment_attention='gated': {type(tokenizer).__name__} does not tokenise a label after {end!r} and "
+            f"{LABEL_TOKEN} as it tokenises the label alone, so the segments would not be the backbone's own input"
+        )
 
     # ----------------------------------------------------------------- construction and saving
     @classmethod
@@ -246,6 +284,14 @@ class GLiClassProcessor:
         if prompt:
             check_reserved(prompt, "the prompt")
         arch = self.config.architecture_type
+        if self._segment_end is not None:  # gated: one segment per label and per example, each [CLS] ... [SEP]
+            end, joiner = self._segment_end, self._segment_joiner
+            if arch == "bi-encoder-fused":  # the label-tower vector takes the place of the label's words
+                starts = [LABEL_TOKEN] * len(labels)
+            else:
+                starts = [f"{LABEL_TOKEN}{joiner}{label}" for label in labels]
+            starts += [EXAMPLE_TOKEN + joiner + shot[len(EXAMPLE_TOKEN) :] for shot in example_strings(examples or [])]
+            return Segments(f"{prompt} " if prompt else "", text, "".join(end + part for part in starts))
         shots = format_examples(examples)
         if arch == "uni-encoder":
             block = self.label_block(labels, prompt)

@@ -116,7 +116,7 @@ def test_submitit_local_launcher_runs_a_tiny_job(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    sweep = tmp_path / "debug" / "multiruns" / "default"
+    (sweep,) = (tmp_path / "debug" / "multiruns" / "default").iterdir()  # an un-named sweep: default/<overrides>-<hash>
     (job_log,) = (sweep / ".submitit").rglob("*_log.out")  # the job ran in its own process, through submitit
     assert "Job completed successfully" in job_log.read_text()
     assert (sweep / "0" / ".hydra" / "config.yaml").is_file()

@@ -198,8 +198,9 @@ def test_parity_roundtrip_recorded() -> None:
 
 
 # fields our config writes beyond the official ones (the official loader ignores unknown fields); a fixture loaded
-# from an official checkpoint keeps the official feature spans, so ours must save exact_feature_spans=False
-OUR_CONFIG_FIELDS = {"exact_feature_spans": False}
+# from an official checkpoint keeps the official feature spans, so ours must save exact_feature_spans=False, and
+# the plain attention (segment_attention="none", what the official package computes)
+OUR_CONFIG_FIELDS = {"exact_feature_spans": False, "segment_attention": "none"}
 
 
 def _without_version_stamps(config: dict) -> dict:

@@ -141,7 +141,7 @@ def test_a_tiny_sweep_with_a_diverging_job_summarises_and_logs_hparams(tmp_path)
         f"paths.log_dir={tmp_path}",
     )
     assert result.returncode != 0, "a multirun with failed jobs exits nonzero"
-    root = tmp_path / "train" / "multiruns" / "default"
+    (root,) = (tmp_path / "train" / "multiruns" / "default").iterdir()  # an un-named sweep: default/<overrides>-<hash>
     assert sorted(p.name for p in root.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"], "no job was skipped"
 
     out = tmp_path / "results"

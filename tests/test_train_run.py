@@ -85,12 +85,19 @@ def first_batch_f1(module: L.LightningModule, datamodule: L.LightningDataModule)
     return f1
 
 
-@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+# the paper recipes build their full pattern stream in the post stage (~25 s a recipe here): slow, like their dry runs
+# in tests/test_paper_recipes.py
+@pytest.mark.parametrize(
+    "experiment",
+    [None, *(pytest.param(e, marks=pytest.mark.slow) if e.startswith("paper_") else e for e in EXPERIMENTS)],
+)
 def test_fast_dev_run(tmp_path, experiment):
     """One batch of train, validation and test per stage; the test numbers are those of the model it exports."""
     overrides = ["debug=fdr", "data=tiny", "backbone=tiny_deberta"]
     if experiment is not None:
         overrides = [f"experiment={experiment}", *overrides[:2], tiny_backbone_for(tmp_path, experiment)]
+        if experiment == "recipe_cv":  # a cross-validation run needs its fold, and trains on train-only sets only
+            overrides += ["fold=f0", "data.benchmarks=['mpqa:train:24','sem_eval_2018_ec:train:16']"]
     cfg = compose_train(tmp_path, overrides)
     with open_dict(cfg):
         cfg.callbacks = {"keep": {"_target_": f"{__name__}.KeepTested"}}
@@ -165,7 +172,7 @@ def test_ablation_multirun_writes_one_directory_per_job(tmp_path):
         f"paths.log_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    sweep = tmp_path / "train" / "multiruns" / "default"
+    (sweep,) = (tmp_path / "train" / "multiruns" / "default").iterdir()  # an un-named sweep: default/<overrides>-<hash>
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
     assert [job.name for job in jobs] == [str(n) for n in range(9)]
     ran = {tuple(yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text())[:2]) for job in jobs}
@@ -292,7 +299,8 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(tmp_path):
         f"paths.log_dir={tmp_path}",
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    best = yaml.safe_load((tmp_path / "debug" / "multiruns" / "default" / "optimization_results.yaml").read_text())
+    (sweep,) = (tmp_path / "debug" / "multiruns" / "default").iterdir()  # an un-named sweep: default/<overrides>-<hash>
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) >= {"optim.lr", "optim.encoder_lr", "loss.focal_gamma"}
 
 

@@ -14,6 +14,7 @@ several files are sorted by label), or its first rows (`sample_limits=False`). N
 pairs (premises are grouped, relations mixed).
 Training batches are length-grouped (`length_window` batches at a time are sorted by token count before they are cut
 into batches, within each dataset with `group_batches_by_dataset`; 0 turns it off), so dynamic padding pads little.
+Under DDP each process trains whole batches of that order (gliclass/data/resumable.py), and resumes mid-epoch exactly.
 """
 
 from __future__ import annotations
@@ -314,6 +315,7 @@ class GLiClassDataModule(LightningDataModule):
             shuffle_labels=train and self.shuffle_labels,
             seed=self.seed,
             trim_labels_to_fit=train,  # drop negatives (counted, logged) rather than the text or the row
+            group_labels_to_fit=not train,  # evaluation scores every label: groups that fit, as the pipeline does
         )
         if not train:
             return DataLoader(
@@ -338,10 +340,19 @@ class GLiClassDataModule(LightningDataModule):
                 tag_draws=True,  # label shuffles seeded by the sample's place in the run, in whichever worker
                 lengths=lengths,
                 length_window=self.length_window,
+                # under DDP each process gets whole batches (one dataset each); Lightning keeps this sampler
+                **self._replica(),
             ),
             collate_fn=GLiClassCollator(processor),
             num_workers=self.num_workers,
         )
+
+    def _replica(self) -> dict[str, int]:
+        """This process's place among the training processes: from the trainer fitting this module, if any."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return {}
+        return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
     def train_dataloader(self) -> DataLoader:
         if self.train_examples is None:

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from gliclass.data.formats import Example
+from gliclass.data.label_groups import EXAMPLE_LABELS_MASK, ROW_EXAMPLE, ROW_LABEL_START, LabelGroupPlanner
 from gliclass.processing import GLiClassProcessor, LabelBudgetError
 
 
@@ -26,6 +27,10 @@ class GLiClassDataset(Dataset):
     `min_text_tokens` (`LabelBudgetError`) is kept by dropping negative labels from the end of its (shuffled) label
     order, as few as needed; positives are never dropped. `item["labels_trimmed"]` counts the dropped labels. A row
     that does not fit even with its positives alone still raises `LabelBudgetError`, naming the row.
+
+    With `group_labels_to_fit` (evaluation and validation), such a row keeps every label: it becomes several model
+    rows, its labels in groups that each fit beside the text, planned as the pipeline plans them
+    (`gliclass.data.label_groups`); `item["parts"]` holds the encoded groups, each with its `label_start`.
     """
 
     def __init__(
@@ -35,12 +40,17 @@ class GLiClassDataset(Dataset):
         shuffle_labels: bool = False,
         seed: int = 0,
         trim_labels_to_fit: bool = False,
+        group_labels_to_fit: bool = False,
     ) -> None:
+        if trim_labels_to_fit and group_labels_to_fit:
+            raise ValueError("trim_labels_to_fit (training) and group_labels_to_fit (evaluation) exclude each other")
         self.examples = list(examples)
         self.processor = processor
         self.shuffle_labels = shuffle_labels
         self.seed = seed
         self.trim_labels_to_fit = trim_labels_to_fit
+        self.group_labels_to_fit = group_labels_to_fit
+        self._planner: LabelGroupPlanner | None = None  # made on the first row that needs label groups
         self._draws = 0  # plain-index accesses so far (per process): a new order every time an index is revisited
 
     def __len__(self) -> int:
@@ -73,9 +83,12 @@ class GLiClassDataset(Dataset):
             try:
                 item = self._encode(example, labels)
             except LabelBudgetError as err:
-                if not self.trim_labels_to_fit:
+                if self.group_labels_to_fit:
+                    item = self._label_groups(example, labels)
+                elif not self.trim_labels_to_fit:
                     raise
-                labels, item, trimmed = self._trim_labels(example, labels, err)
+                else:
+                    labels, item, trimmed = self._trim_labels(example, labels, err)
         except LabelBudgetError as err:
             raise LabelBudgetError(f"{example.source}: {err}") from err  # same class, so callers can still catch it
         except (TypeError, ValueError) as err:
@@ -102,6 +115,18 @@ class GLiClassDataset(Dataset):
 
     def _encode(self, example: Example, labels: list[str]) -> dict[str, Any]:
         return self.processor.encode(example.text, labels, example.prompt, example.examples)
+
+    def _label_groups(self, example: Example, labels: list[str]) -> dict[str, Any]:
+        """Every label of a row over the budget, in groups that each fit beside the text: `{"parts": [encoded group
+        with its "label_start"], "num_labels"}`."""
+        if self._planner is None:
+            self._planner = LabelGroupPlanner(self.processor)
+        parts = []
+        for text, start, group in self._planner.rows(example.text, labels, example.prompt, example.examples):
+            part = self.processor.encode(text, group, example.prompt, example.examples)
+            part["label_start"] = start
+            parts.append(part)
+        return {"parts": parts, "num_labels": len(labels)}
 
     def _trim_labels(
         self, example: Example, labels: list[str], error: LabelBudgetError
@@ -139,14 +164,20 @@ class GLiClassDataset(Dataset):
 class GLiClassCollator:
     """`processor.collate` plus `targets` [B, C] (0 in padded slots), `label_names` (list of lists), `texts`,
     `rows_trimmed` (rows whose negative labels were trimmed to fit, an int) and `ids` when every row has an `id` (the
-    PPO feedback reward looks examples up by them)."""
+    PPO feedback reward looks examples up by them). A batch with label groups (evaluation rows over the budget) holds
+    more model rows than texts: its model tensors are per model row, `targets` and `label_names` per text, and
+    `row_example`, `row_label_start` and `example_labels_mask` map one onto the other (`label_groups.reassemble`)."""
 
     def __init__(self, processor: GLiClassProcessor) -> None:
         self.processor = processor
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        batch: dict[str, Any] = self.processor.collate(items)
-        targets = torch.zeros(batch["labels_mask"].shape, dtype=torch.float)
+        if any("parts" in item for item in items):
+            batch = self._grouped(items)
+            targets = torch.zeros(batch[EXAMPLE_LABELS_MASK].shape, dtype=torch.float)
+        else:
+            batch = self.processor.collate(items)
+            targets = torch.zeros(batch["labels_mask"].shape, dtype=torch.float)
         for row, item in enumerate(items):
             targets[row, : len(item["targets"])] = torch.tensor(item["targets"], dtype=torch.float)
         batch["targets"] = targets
@@ -156,4 +187,18 @@ class GLiClassCollator:
         ids = [item.get("id") for item in items]
         if all(i is not None for i in ids):
             batch["ids"] = ids
+        return batch
+
+    def _grouped(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        """A batch with more model rows than texts (label groups, `GLiClassDataset(group_labels_to_fit=True)`): the
+        model rows' tensors, plus which text each row belongs to, where its labels start in that text's label list,
+        and the texts' own [B, C] label mask (see `gliclass.data.label_groups.reassemble`)."""
+        parts = [item.get("parts", [item]) for item in items]
+        batch: dict[str, Any] = self.processor.collate([part for group in parts for part in group])
+        batch[ROW_EXAMPLE] = torch.tensor([b for b, group in enumerate(parts) for _ in group], dtype=torch.long)
+        batch[ROW_LABEL_START] = torch.tensor(
+            [part.get("label_start", 0) for group in parts for part in group], dtype=torch.long
+        )
+        counts = torch.tensor([item["num_labels"] for item in items])
+        batch[EXAMPLE_LABELS_MASK] = torch.arange(int(counts.max())).unsqueeze(0) < counts.unsqueeze(1)
         return batch

@@ -91,6 +91,19 @@ def check_text_field(value: Any, what: str, where: str) -> str:
         raise _fail(where, f"'{what}' must be a string, got {type(value).__name__}")
     if not value.strip():
         raise _fail(where, f"'{what}' is empty")
+    return check_no_reserved(value, what, where)
+
+
+def check_no_reserved(value: str, what: str, where: str) -> str:
+    """`value` unchanged, or `DataFormatError` at `where` naming the reserved GLiClass token it holds: the processor
+    would refuse the row only when a batch draws it, mid-run."""
+    for token in SPECIAL_TOKENS:
+        if token in value:
+            raise _fail(
+                where,
+                f"'{what}' contains the reserved token {token!r} (GLiClass marks labels, the separator and examples "
+                f"with {list(SPECIAL_TOKENS)}); remove or rewrite it",
+            )
     return value
 
 
@@ -145,6 +158,8 @@ def parse_row(row: Any, where: str) -> Example:
     prompt = row.get("prompt")
     if prompt is not None and not isinstance(prompt, str):
         raise _fail(where, f"'prompt' must be a string, got {type(prompt).__name__}")
+    if prompt is not None:
+        check_no_reserved(prompt, "prompt", where)
     examples = _check_examples(row.get("examples"), where)
     meta = {"id": row["id"]} if "id" in row else {}  # kept for the PPO feedback reward's look-up
     return Example(text, all_labels, true, prompt=prompt, examples=examples, source=where, meta=meta)

@@ -8,17 +8,25 @@ batches as an unbroken one, with any `num_workers`.
 
 The position saved is that of the batches the loader has handed to training, not of the indices its workers took:
 worker processes fetch `prefetch_factor` batches ahead of training, so the sampler runs ahead of what was trained on.
+
+Under DDP the sampler deals whole batches of the epoch's order to the processes (`num_replicas`, `rank`): batch i
+goes to process i mod num_replicas, so every batch keeps its one dataset (`groups`) and its length window, and every
+process gets the same number of batches (the last round is completed with the epoch's first batches). The sampler is
+a `DistributedSampler`, so Lightning uses it as it is instead of wrapping it in its own (which deals single samples
+and mixes the datasets of a batch). Positions count batches, the same on every process, so the position Lightning
+saves from process 0 resumes every process exactly.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
-class EpochSampler(Sampler[int | tuple[int, int]]):
+class EpochSampler(DistributedSampler):
     """A permutation drawn from (seed, epoch), resumable after any sample (Lightning calls `set_epoch`).
 
     With `groups` (one key per sample, e.g. its source dataset) and `batch_size`, the permutation is rearranged so
@@ -34,6 +42,9 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
     changes between epochs. Without `groups`, all samples form one group.
 
     With `tag_draws`, it yields `(index, draw)` (see the module docstring) instead of the index alone.
+
+    With `num_replicas` > 1 (needs `batch_size`) it yields process `rank`'s share of the epoch: whole batches, dealt
+    in turn (see the module docstring). A sample's draw is its place in the whole epoch's order, on any process.
     """
 
     def __init__(
@@ -45,7 +56,13 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         tag_draws: bool = False,
         lengths: Sequence[int] | None = None,
         length_window: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
     ) -> None:
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} of num_replicas {num_replicas}: need num_replicas >= 1, 0 <= rank < it")
+        if num_replicas > 1 and (not batch_size or batch_size < 1):
+            raise ValueError(f"num_replicas={num_replicas} deals whole batches to the processes: give a batch_size")
         if groups is not None and (len(groups) != size or not batch_size or batch_size < 1):
             raise ValueError(f"groups needs one key per sample ({len(groups)} for {size}) and a batch_size >= 1")
         if lengths is not None and (len(lengths) != size or not batch_size or batch_size < 1 or length_window < 1):
@@ -56,15 +73,33 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         self.size, self.seed, self.tag_draws = size, seed, tag_draws
         self.groups, self.batch_size = (list(groups) if groups is not None else None), batch_size
         self.lengths, self.length_window = (list(lengths) if lengths is not None else None), length_window
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.drop_last = True, False  # what Lightning reads of a DistributedSampler
         self.epoch = self.skip = 0
         self.pass_start: tuple[int, int] | None = None  # (epoch, position) where the running pass began
+        # this process's positions in the epoch's order (None: all of them, in order)
+        self._positions = self._rank_positions() if num_replicas > 1 else None
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.epoch, self.skip = epoch, 0
 
     def __len__(self) -> int:
-        return self.size
+        return self.size if self._positions is None else len(self._positions)
+
+    def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
+        """Batches of `batch_size` in this process's share of an epoch (the same on every process)."""
+        return len(self) // batch_size if drop_last else math.ceil(len(self) / batch_size)
+
+    def _rank_positions(self) -> list[int]:
+        """This process's positions in an epoch's order: batches rank, rank + num_replicas, ... of the epoch's
+        batches, the last round completed with the epoch's first batches. Only the epoch's last batch can be
+        short, and it is last on its process (it is in the last round), so the loader cuts the same batches."""
+        size, replicas = self.batch_size, self.num_replicas
+        batches = [range(start, min(start + size, self.size)) for start in range(0, self.size, size)]
+        rounds = math.ceil(len(batches) / replicas)
+        dealt = batches + [batches[i % len(batches)] for i in range(rounds * replicas - len(batches))]
+        return [position for batch in dealt[self.rank :: replicas] for position in batch]
 
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -77,7 +112,8 @@ class EpochSampler(Sampler[int | tuple[int, int]]):
         start, self.skip = self.skip, 0
         self.pass_start = (self.epoch, start)
         drawn = self.epoch * self.size  # samples drawn in the run before this epoch, unbroken or not
-        for position in range(start, self.size):
+        positions = range(self.size) if self._positions is None else self._positions
+        for position in positions[start:]:
             yield (order[position], drawn + position + 1) if self.tag_draws else order[position]
 
     def _grouped(self, order: list[int], generator: torch.Generator) -> list[int]:
@@ -108,9 +144,9 @@ class ResumableLoader(DataLoader):
     """A DataLoader over an `EpochSampler` whose position Lightning checkpoints and restores.
 
     The position counts the batches handed out by the running iterator (each `batch_size` samples of the sampler's
-    pass, the last one possibly fewer), so prefetching workers do not move it. Under DDP Lightning swaps in its
-    distributed sampler (which draws its own per-epoch order): there the state is empty and a resumed run restarts
-    the interrupted epoch.
+    pass, the last one possibly fewer), so prefetching workers do not move it. Under DDP the sampler deals whole
+    batches to the processes (`EpochSampler(num_replicas=..., rank=...)`, which Lightning leaves in place): each
+    process counts the same batches, so the state saved by process 0 resumes them all mid-epoch.
     """
 
     _handed = 0  # batches handed out by the running iterator
@@ -120,6 +156,8 @@ class ResumableLoader(DataLoader):
             return super().__iter__()
         if self.batch_size is None:
             raise ValueError("ResumableLoader counts its position in batches: give batch_size, not a batch_sampler")
+        if self.sampler.num_replicas > 1 and self.drop_last:
+            raise ValueError("a distributed EpochSampler pads the processes to equal batch counts: use drop_last=False")
         self.sampler.pass_start, self._handed = None, 0  # set again when the new pass begins (eagerly with workers)
         return self._counted(super().__iter__())
 
@@ -140,9 +178,10 @@ class ResumableLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         if not state or not isinstance(self.sampler, EpochSampler):
             return
-        epoch, skip = state["epoch"], state["yielded"]
-        if len(self.sampler) - skip < (self.batch_size if self.drop_last else 1):
+        # in batches: the same on every process (under DDP the state is process 0's; its last batch may be short)
+        epoch, batches = state["epoch"], math.ceil(state["yielded"] / self.batch_size)
+        if batches >= self.sampler.num_batches(self.batch_size, self.drop_last):
             # saved after an epoch's last batch: Lightning continues with this iterator
-            epoch, skip = epoch + 1, 0
+            epoch, batches = epoch + 1, 0
         self.sampler.set_epoch(epoch)
-        self.sampler.skip = skip
+        self.sampler.skip = min(batches * self.batch_size, len(self.sampler))

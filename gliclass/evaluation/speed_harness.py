@@ -53,6 +53,7 @@ def onnx_cache_key(model_dir: Path) -> str:
     import importlib.metadata as metadata
 
     import gliclass.onnx.export as exporter
+    import gliclass.onnx.quantize as quantizer
 
     digest = hashlib.sha256()
     # every file below the model directory (label_tokenizer/ included), by its path relative to it
@@ -61,7 +62,8 @@ def onnx_cache_key(model_dir: Path) -> str:
         with open(path, "rb") as f:
             for block in iter(lambda f=f: f.read(1 << 20), b""):
                 digest.update(block)
-    digest.update(Path(exporter.__file__).read_bytes())
+    for module in (exporter, quantizer):  # the int8 graphs are the quantiser's
+        digest.update(Path(module.__file__).read_bytes())
     for package in ("torch", "onnx", "onnxruntime"):
         try:
             digest.update(f"{package}=={metadata.version(package)}".encode())

@@ -1,13 +1,16 @@
 """A finished (or still running) Hydra multirun of run.py as one results table, with every job shown.
 
-python -m gliclass.evaluation.sweep logs/train/multiruns/ablation_cpu --out experiments/results/ --name ablation
+python -m gliclass.evaluation.sweep logs/train/multiruns/X                # <sweep dir>/summary.{md,json,png}
+python -m gliclass.evaluation.sweep logs/train/multiruns/ablation_cpu --out experiments/results --name ablation
 
 Every job of run.py writes `<job dir>/result.json` (status running/completed/failed, its overrides, metrics and
 error); the sweep's own `multirun.yaml` says which jobs the command asked for. The summary lists all of them: the
 zero-shot macro-F1 of each job on each evaluation set and the mean, the embed-sim baseline measured in the same jobs,
 each job's training time and training throughput, its throughput at inference (the whole test loop) and its parameter
 count. A job that failed shows its error; a job still running, or never started, shows as such. Writes
-`<out>/<name>.json`, `<name>.md` and, for a sweep over one or two groups, `<name>.png` (a heatmap of the mean).
+`<out>/<name>.json`, `<name>.md` and, for a sweep over one or two groups, `<name>.png` (a heatmap of the mean); by
+default beside the sweep (`<sweep dir>/summary.*`), so summarising a sweep never replaces a committed table unless
+`--out` and `--name` say so.
 """
 
 from __future__ import annotations
@@ -32,9 +35,12 @@ COMPLETED, FAILED, RUNNING, NOT_STARTED, NO_RESULT = "completed", "failed", "run
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("sweep_dir", type=Path, help="the multirun directory (hydra.sweep.dir), e.g. logs/train/multiruns/X")
-    p.add_argument("--out", type=Path, default=Path("experiments/results"), help="where to write the results")
-    p.add_argument("--name", default="ablation", help="file name stem of the results (<out>/<name>.{md,json,png})")
-    return p.parse_args(argv)
+    p.add_argument("--out", type=Path, default=None, help="where to write the results (default: the sweep directory)")
+    p.add_argument("--name", default="summary", help="file name stem of the results (<out>/<name>.{md,json,png})")
+    args = p.parse_args(argv)
+    if args.out is None:
+        args.out = args.sweep_dir
+    return args
 
 
 def _key(override: str) -> str:

@@ -143,11 +143,15 @@ class EmbeddingSimilarity:
         multi_label_cutoff: float = 0.3,
         max_length: int = 256,
         name: str = "embed-sim",
+        device: str | torch.device = "cpu",
     ) -> None:
+        """`device`: where the encoder runs (a run on the GPU passes its trainer's device); scores come back on
+        the CPU as numpy arrays either way."""
         path = path or resolve_backbone("minilm")
         self.name = name
+        self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.encoder = AutoModel.from_pretrained(path).eval()
+        self.encoder = AutoModel.from_pretrained(path).eval().to(self.device)
         self.batch_size = batch_size
         self.scale = scale
         self.cutoff = multi_label_cutoff
@@ -164,7 +168,7 @@ class EmbeddingSimilarity:
                 max_length=self.max_length,
                 padding=True,
                 return_tensors="pt",
-            )
+            ).to(self.device)
             states = self.encoder(**enc).last_hidden_state
             out.append(F.normalize(mean_pool(states, enc["attention_mask"]), dim=-1))
         return torch.cat(out)
@@ -176,7 +180,7 @@ class EmbeddingSimilarity:
         return self.embed(texts) @ self._label_cache[key].T
 
     def scores(self, texts: Sequence[str], labels: Sequence[str], multi_label: bool) -> np.ndarray:
-        cos = self.cosine(texts, labels)
+        cos = self.cosine(texts, labels).float().cpu()
         logits = self.scale * (cos - self.cutoff) if multi_label else self.scale * cos
         return _activate(logits, multi_label)
 

@@ -115,6 +115,16 @@ class GLiClassBase(nn.Module):
         return logits
 
 
+def _refuse_unread(arch: str, why: str, **inputs: torch.Tensor | None) -> None:
+    """`GLiClassModel.forward` hands every input to every architecture: one that this architecture does not read
+    must be None, never silently ignored (label vectors given to a uni-encoder would change nothing)."""
+    given = [name for name, value in inputs.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{arch} does not read {', '.join(given)} ({why}); leave {'it' if len(given) == 1 else 'them'} unset"
+        )
+
+
 def _first_slots(counts: torch.Tensor, width: int) -> torch.Tensor:
     """[B, width] mask of each row's first `counts[row]` slots."""
     return torch.arange(width, device=counts.device).unsqueeze(0) < counts.unsqueeze(1)
@@ -198,8 +208,17 @@ class UniEncoder(GLiClassBase):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels_mask: torch.Tensor | None = None,
-        **unused: torch.Tensor | None,
+        class_input_ids: torch.Tensor | None = None,
+        class_attention_mask: torch.Tensor | None = None,
+        class_embeddings: torch.Tensor | None = None,
     ) -> GLiClassOutput:
+        _refuse_unread(
+            "uni-encoder",
+            "its labels are read inside the text sequence",
+            class_input_ids=class_input_ids,
+            class_attention_mask=class_attention_mask,
+            class_embeddings=class_embeddings,
+        )
         labels_mask = _label_slots(labels_mask, input_ids, self.config.class_token_index)
         states = self.encode(input_ids, attention_mask)
         classes = class_features(self.config, states, input_ids, attention_mask, labels_mask.shape[1])
@@ -295,7 +314,6 @@ class BiEncoder(GLiClassBase):
         class_input_ids: torch.Tensor | None = None,
         class_attention_mask: torch.Tensor | None = None,
         class_embeddings: torch.Tensor | None = None,
-        **unused: torch.Tensor | None,
     ) -> GLiClassOutput:
         labels_mask = self._labels_mask(labels_mask, class_input_ids, class_embeddings)
         classes = self.gather_labels(labels_mask, class_input_ids, class_attention_mask, class_embeddings)
@@ -327,7 +345,6 @@ class FusedBiEncoder(BiEncoder):
         class_input_ids: torch.Tensor | None = None,
         class_attention_mask: torch.Tensor | None = None,
         class_embeddings: torch.Tensor | None = None,
-        **unused: torch.Tensor | None,
     ) -> GLiClassOutput:
         labels_mask = self._labels_mask(labels_mask, class_input_ids, class_embeddings)
         labels_mask = _label_slots(labels_mask, input_ids, self.config.class_token_index)
@@ -359,8 +376,11 @@ class EncoderDecoder(GLiClassBase):
         labels_mask: torch.Tensor | None = None,
         class_input_ids: torch.Tensor | None = None,
         class_attention_mask: torch.Tensor | None = None,
-        **unused: torch.Tensor | None,
+        class_embeddings: torch.Tensor | None = None,
     ) -> GLiClassOutput:
+        _refuse_unread(
+            "encoder-decoder", "its decoder reads the label prompt (class_input_ids)", class_embeddings=class_embeddings
+        )
         if class_input_ids is None or class_attention_mask is None:
             raise ValueError("encoder-decoder needs class_input_ids and class_attention_mask (the label prompt)")
         labels_mask = _label_slots(labels_mask, class_input_ids, self.config.class_token_index)

@@ -38,6 +38,7 @@ def build_model(
     max_length: int = 1024,
     head_init: str = "identity",
     label_template: str | None = None,
+    config_path: str | os.PathLike | None = None,
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A GLiClass model whose backbone(s) carry `backbone`'s pretrained weights and a freshly initialised head.
@@ -54,6 +55,11 @@ def build_model(
     for a randomly initialised backbone (tests, tiny configs); then `tokenizer` defaults to the offline MiniLM one.
     `<<LABEL>>`, `<<SEP>>` and `<<EXAMPLE>>` are added to the tokenizer and the embedding table grows to match.
     `label_template` is the processor's (see `GLiClassProcessor`).
+
+    `pretrained=False` builds `backbone`'s architecture with random weights. Its config and tokenizer still come from
+    `backbone` (the hub, for a hub name) unless `config_path` names a local directory holding them (the files
+    `AutoConfig/AutoTokenizer.save_pretrained` write): then nothing is fetched, and `backbone` is only the name
+    recorded in the config. The label tower of a bi-encoder reads the same directory unless it has its own backbone.
     """
     if head_init not in HEAD_INITS:
         raise ValueError(f"head_init={head_init!r}: choose one of {list(HEAD_INITS)}")
@@ -66,12 +72,22 @@ def build_model(
             )
     config_kwargs.setdefault("exact_feature_spans", True)
     if isinstance(backbone, dict):
+        if config_path is not None:
+            raise ValueError("config_path reads a named backbone's config; a dict backbone config is the config itself")
         model, processor = _build_random(
             backbone, tokenizer, label_backbone, max_length, head_init, label_template, **config_kwargs
         )
     else:
         model, processor = _build_pretrained(
-            backbone, tokenizer, label_backbone, pretrained, max_length, head_init, label_template, **config_kwargs
+            backbone,
+            tokenizer,
+            label_backbone,
+            pretrained,
+            max_length,
+            head_init,
+            label_template,
+            config_path=config_path,
+            **config_kwargs,
         )
     if head_init == "identity":
         init_identity_head(model)
@@ -93,19 +109,23 @@ def _build_pretrained(
     max_length: int,
     head_init: str,
     label_template: str | None,
+    config_path: str | os.PathLike | None = None,
     **config_kwargs: Any,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     backbone = resolve_backbone(backbone)
+    source = _config_source(backbone, pretrained, config_path)
     if isinstance(tokenizer, str):
         tokenizer = AutoTokenizer.from_pretrained(resolve_backbone(tokenizer))
-    tokenizer = tokenizer or AutoTokenizer.from_pretrained(backbone)
+    tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
     class_id, sep_id, example_id = add_special_tokens(tokenizer)
     arch = config_kwargs.get("architecture_type", "uni-encoder")
+    label_source = None
     if arch in ("bi-encoder", "bi-encoder-fused"):
-        label_backbone = resolve_backbone(label_backbone or backbone)
+        label_backbone = resolve_backbone(label_backbone) if label_backbone else backbone
+        label_source = source if label_backbone == backbone else label_backbone
         config_kwargs.setdefault("label_model_name", label_backbone)
-        config_kwargs.setdefault("label_model_config", AutoConfig.from_pretrained(label_backbone))
-    encoder_config = AutoConfig.from_pretrained(backbone)
+        config_kwargs.setdefault("label_model_config", AutoConfig.from_pretrained(label_source))
+    encoder_config = AutoConfig.from_pretrained(source)
     vocab_size = max(len(tokenizer), encoder_config.get_text_config().vocab_size)
     _head_defaults(config_kwargs, encoder_config, head_init)
     config = GLiClassConfig(
@@ -122,12 +142,30 @@ def _build_pretrained(
         _load_backbone(model, backbone, config)
     label_tokenizer = None
     if config.uses_label_encoder:
-        label_tokenizer = AutoTokenizer.from_pretrained(config.label_model_name)
+        label_tokenizer = AutoTokenizer.from_pretrained(label_source or config.label_model_name)
         if pretrained:
             model.model.label_encoder.load_state_dict(AutoModel.from_pretrained(config.label_model_name).state_dict())
     return model, GLiClassProcessor(
         tokenizer, config, max_length=max_length, label_tokenizer=label_tokenizer, label_template=label_template
     )
+
+
+def _config_source(backbone: str, pretrained: bool, config_path: str | os.PathLike | None) -> str:
+    """Where the backbone's config and tokenizer are read: `config_path` (checked) or the backbone itself."""
+    if config_path is None:
+        return backbone
+    if pretrained:
+        raise ValueError(
+            f"config_path={str(config_path)!r} builds a randomly initialised backbone, but pretrained=true loads "
+            f"{backbone!r}'s weights (and their own config); set pretrained=false, or drop config_path"
+        )
+    path = os.fspath(config_path)
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise FileNotFoundError(
+            f"config_path={path!r} has no config.json: save the backbone's config and tokenizer there first "
+            f"(AutoConfig.from_pretrained({backbone!r}).save_pretrained(DIR), the same with AutoTokenizer)"
+        )
+    return path
 
 
 def _build_random(

@@ -6,12 +6,18 @@ checkpoints; `save_pretrained` / `from_pretrained` read and write the official l
 
 from __future__ import annotations
 
+import logging
+import os
+
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from gliclass.config import GLiClassConfig
 from gliclass.modeling.architectures import ARCHITECTURE_CLASSES, GLiClassOutput
+from gliclass.modeling.segments import GATED_CLASSES, GatedFusedBiEncoder, SegmentGates
+
+log = logging.getLogger(__name__)
 
 
 class GLiClassModel(PreTrainedModel):
@@ -26,7 +32,10 @@ class GLiClassModel(PreTrainedModel):
 
     def __init__(self, config: GLiClassConfig) -> None:
         super().__init__(config)
-        self.model = ARCHITECTURE_CLASSES[config.architecture_type](config)
+        if config.segment_attention == "gated":
+            self.model = GATED_CLASSES[config.architecture_type](config)
+        else:
+            self.model = ARCHITECTURE_CLASSES[config.architecture_type](config)
         self.post_init()
 
     @torch.no_grad()
@@ -50,6 +59,10 @@ class GLiClassModel(PreTrainedModel):
         elif isinstance(module, nn.LayerNorm):
             module.weight.fill_(1.0)
             module.bias.zero_()
+        elif isinstance(module, SegmentGates):  # closed: the model starts as the bi-encoder
+            module.segment_gate.zero_()
+        if isinstance(module, GatedFusedBiEncoder):
+            module.slot_gate.zero_()
 
     def tie_weights(self, *args, **kwargs):
         # T5-family backbones share one embedding table; nested in our wrapper, HF's loader does not re-tie it
@@ -62,6 +75,18 @@ class GLiClassModel(PreTrainedModel):
                 if embed is not None:
                     embed.weight = shared.weight
         return result
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs):
+        if self.config.segment_attention != "none":
+            log.warning(
+                "%s: config.json records segment_attention=%r, which only this codebase reads. The official gliclass "
+                "package cannot read this checkpoint: it would build the plain architecture (no segment gates, "
+                "labels read at the wrong positions) and score it wrongly without an error. Load it with "
+                "gliclass.GLiClassModel.from_pretrained.",
+                save_directory,
+                self.config.segment_attention,
+            )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Module:
         return self.backbone.get_input_embeddings()

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from transformers import PreTrainedModel
 
 from gliclass.modeling import GLiClassModel, build_model
 from gliclass.processing import GLiClassProcessor
@@ -29,18 +30,23 @@ def build_model_and_processor(
     freeze_word_embeddings: bool = False,
     label_template: str | None = None,
     freeze_label_encoder: bool = False,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+    compile: bool = False,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A fresh GLiClass model (pretrained backbone, new head) and its processor.
 
-    `backbone` is `{name, pretrained, tokenizer, spec, label_spec}`: `name` is a checkpoint name or path ("minilm" is
-    the offline MiniLM); `spec` instead gives a backbone config dict for a randomly initialised backbone (tests), read
-    with `tokenizer`. `config` holds GLiClassConfig fields (architecture_type, pooling_strategy, scorer_type, ...).
+    `backbone` is `{name, pretrained, tokenizer, spec, label_spec, config_path}`: `name` is a checkpoint name or path
+    ("minilm" is the offline MiniLM); `spec` instead gives a backbone config dict for a randomly initialised backbone
+    (tests), read with `tokenizer`. `config_path` (with `pretrained: false`): a local directory with `name`'s config
+    and tokenizer files, so a randomly initialised hub architecture is built without the hub (see `build_model`). `config` holds GLiClassConfig fields (architecture_type, pooling_strategy, scorer_type, ...).
     `head_init` is "identity" (projectors start as the identity map) or "random" (see `build_model`).
     `tie_encoders`: a bi-encoder's text and label towers become one module (see `tie_towers`).
     `freeze_word_embeddings`: the backbones' token embedding tables are not trained (see `freeze_embeddings`).
     `freeze_label_encoder`: a bi-encoder's label tower (its backbone) is not trained (see `freeze_label_tower`).
     `label_template`: the label tower reads each label inside this sentence (`GLiClassProcessor`), in training and
     in every use of the export.
+    `gradient_checkpointing`, `attn_implementation`, `compile`: GPU throughput switches (`apply_throughput_options`).
     """
     backbone = _plain(backbone)
     spec = backbone.get("spec")
@@ -53,12 +59,60 @@ def build_model_and_processor(
         label_backbone=label_backbone,
         pretrained=backbone.get("pretrained", True),
         max_length=max_length,
+        **({"config_path": backbone["config_path"]} if backbone.get("config_path") is not None else {}),
         head_init=head_init,
         label_template=label_template,
         **_plain(config),
     )
     apply_tower_options(model, tie_encoders, freeze_word_embeddings, freeze_label_encoder=freeze_label_encoder)
+    apply_throughput_options(model, gradient_checkpointing, attn_implementation, compile)
     return model, processor
+
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def apply_throughput_options(
+    model: GLiClassModel,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+    compile: bool = False,
+) -> None:
+    """The run's `model.gradient_checkpointing`, `model.attn_implementation` and `model.compile` switches.
+
+    - gradient checkpointing: every backbone recomputes its layers' activations in backward instead of keeping them
+      (non-reentrant, so frozen inputs under LoRA need no workaround); same loss and gradients, less memory.
+    - attn_implementation: the attention kernel of every backbone (eager, sdpa, flash_attention_2, ...); None keeps
+      transformers' default. A backbone that cannot use the kernel is an error (DeBERTa-v2/v3 has eager only).
+    - compile: `torch.compile` of the whole model, in place (`nn.Module.compile`): parameter names, checkpoints and
+      exports are unchanged. Kernels are compiled at the first batch of each shape family (dynamic padding changes
+      the sequence length, so a few recompilations happen before shapes are marked dynamic).
+    """
+    towers = [
+        getattr(model.model, name)
+        for name in ("encoder_model", "label_encoder", "encoder_decoder_model")
+        if isinstance(getattr(model.model, name, None), PreTrainedModel)
+    ]
+    if attn_implementation is not None:
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise ValueError(f"attn_implementation={attn_implementation!r}: choose one of {list(ATTN_IMPLEMENTATIONS)}")
+        for tower in {id(t): t for t in towers}.values():
+            tower.set_attn_implementation(attn_implementation)
+            if tower.config._attn_implementation != attn_implementation:
+                raise ValueError(
+                    f"attn_implementation={attn_implementation!r}: the {type(tower).__name__} backbone cannot use it "
+                    f"(it runs {tower.config._attn_implementation!r}); set model.attn_implementation=null"
+                )
+    if gradient_checkpointing:
+        if not any(tower.supports_gradient_checkpointing for tower in towers):
+            raise ValueError(f"gradient_checkpointing: no backbone of {type(model).__name__} supports it")
+        options = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name is deprecated
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+    if compile:
+        model.compile()
 
 
 def apply_tower_options(

@@ -1,16 +1,28 @@
 """Callbacks: per-step seeding, so a resumed run draws the same random numbers as an unbroken one; checkpoints
-every N optimiser steps also when a batch makes several (PPO); a uniform average of the late training weights."""
+every N optimiser steps also when a batch makes several (PPO); a uniform average of the late training weights; the
+run's config in every checkpoint (a resumed fit must share it); last.ckpt saved when SLURM preempts the job."""
 
 from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, WeightAveraging
+
+from gliclass.training.resume import (
+    PREEMPTION,
+    RUN_CONFIG_KEY,
+    CheckpointConfigMismatch,
+    Preempted,
+    PreemptionFlag,
+    config_differences,
+    mismatch_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +192,96 @@ class DenseWeightAveraging(WeightAveraging):
         if self._first_step is None:  # read once training runs (not in setup: it would build the loaders early)
             self._first_step = int(self.start_fraction * self._trainer.estimated_stepping_batches)
         return step_idx >= self._first_step and (step_idx - self._first_step) % self.every_n_steps == 0
+
+
+class RunConfigRecord(Callback):
+    """Writes the run's config (`gliclass.training.resume.run_config`) into every checkpoint, and refuses to resume a
+    fit from a checkpoint written with another one, naming the fields that differ. (run.py checks before the fit
+    starts, `resolve_ckpt_path`; this also covers checkpoints Lightning finds by itself, such as `ckpt_path=hpc`.)
+    A test-only run may load any checkpoint."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[RUN_CONFIG_KEY] = self.config
+
+    def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(RUN_CONFIG_KEY)
+        if saved is None or trainer.state.fn != "fit":
+            return
+        differences = config_differences(saved, self.config)
+        if differences:
+            raise CheckpointConfigMismatch(mismatch_message(trainer.ckpt_path, differences))
+
+
+class SaveOnPreemption(Callback):
+    """A preemption or time-limit signal (SIGUSR1, SIGUSR2, SIGTERM; `gliclass.training.resume.PREEMPTION`) stops
+    the run at the end of the running training step, with last.ckpt saved at that step; in an evaluation it stops
+    at the end of the running batch (there is nothing to save). Stopping raises `Preempted` on every process.
+
+    Under DDP all processes check at the same points and agree (a signal to any one stops them all at the same
+    step). With gradient accumulation it waits for the step's last batch (the gradients of a partial step are not
+    checkpointed), so at most one step is lost. The checkpoint is the one Lightning's `ModelCheckpoint` would write
+    at that batch end (`last.ckpt` beside its others), so `ckpt_path=auto` or `last` resumes it exactly. A trainer
+    without a checkpoint callback (checkpointing off, fast_dev_run) stops without saving.
+
+    Lightning (2.6) registers its own SIGTERM handler when each trainer function starts (it ends the run after the
+    running batch and its validation, saving nothing, and under DDP its ranks can disagree: Lightning issue #20806)
+    and, in a SLURM job, a SIGUSR1 handler that saves an `hpc_ckpt` from inside the handler, mid-step, unless a
+    handler exists: this callback installs its handlers before Lightning's (at `setup`, needed in spawned DDP
+    processes) and takes SIGTERM back when training or evaluation starts.
+    """
+
+    def __init__(self, flag: PreemptionFlag = PREEMPTION) -> None:
+        self.flag = flag
+        self._step_at_batch_start = 0
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.flag.install()  # a no-op where run.py installed it; spawned DDP processes start without handlers
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.flag.reassert()
+
+    def on_test_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.flag.reassert()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.flag.reassert()
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._step_at_batch_start = trainer.global_step
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        signum = self.flag.agreed(trainer)
+        if signum is None or trainer.global_step == self._step_at_batch_start:
+            return  # no signal, or the batch only accumulated gradients: stop after the step's last batch
+        path = last_checkpoint_path(trainer)
+        if path is not None:
+            trainer.save_checkpoint(path)
+        for logger in trainer.loggers:
+            logger.save()
+        log.warning("preempted (signal %d): stopping after step %d, saved to %s", signum, trainer.global_step, path)
+        raise Preempted(signum, trainer.global_step if path is not None else None)
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        self._stop_evaluation(trainer)
+
+    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args: Any, **kwargs: Any) -> None:
+        if trainer.state.fn != "fit":  # inside a fit, the next training step's end saves and stops
+            self._stop_evaluation(trainer)
+
+    def _stop_evaluation(self, trainer: Trainer) -> None:
+        signum = self.flag.agreed(trainer)
+        if signum is not None:
+            raise Preempted(signum)
+
+
+def last_checkpoint_path(trainer: Trainer) -> Path | None:
+    """Where the trainer's checkpoint callback keeps last.ckpt (None: the trainer has no checkpoint callback)."""
+    callback = trainer.checkpoint_callback
+    if callback is None or not getattr(callback, "dirpath", None):
+        return None
+    return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"

@@ -17,8 +17,10 @@ from lightning.pytorch import LightningModule
 from torch import nn
 from torchmetrics import MaxMetric
 
+from gliclass.data.label_groups import ROW_EXAMPLE, reassemble
 from gliclass.modeling.architectures import GLiClassOutput
 from gliclass.modeling.losses import GLiClassLoss
+from gliclass.modeling.segments import gate_log_values
 from gliclass.training.distill import Teacher
 from gliclass.training.metrics import LabelF1, decide
 
@@ -161,6 +163,8 @@ class GLiClassModule(LightningModule):
 
     def model_step(self, batch: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], GLiClassOutput]:
         output = self.model(**model_inputs(batch))
+        if ROW_EXAMPLE in batch:  # evaluation rows scored in label groups: one row of logits per text again
+            output = reassemble(output, batch)
         return self.loss(output, batch["targets"]), output
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor | None:
@@ -287,6 +291,9 @@ class GLiClassModule(LightningModule):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         # here, not in training_step: a batch whose backward failed is counted after training_step returned
         self.log("train/skipped_batches", float(self.skipped.skipped), on_step=True, on_epoch=False)
+        gates = gate_log_values(self.model)  # segment_attention="gated": each layer's gate (none otherwise)
+        if gates:
+            self.log_dict(gates, on_step=True, on_epoch=False)
 
     def on_train_epoch_end(self) -> None:
         self.log_dict({f"train/{k}": v for k, v in self.train_metrics.compute().items()})  # synced by compute()
@@ -294,7 +301,7 @@ class GLiClassModule(LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         terms, output = self.model_step(batch)
-        size = len(batch["input_ids"])
+        size = len(batch["targets"])  # texts (a text scored in label groups is several model rows)
         self.log("val/loss", terms["loss"], on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
         # the mix mixes single- and multi-label sources; the training objective's decision is the threshold
         preds = decide(output.logits, output.labels_mask, multi_label=True, threshold=self.hparams.threshold)
@@ -317,7 +324,7 @@ class GLiClassModule(LightningModule):
             terms["loss"],
             on_epoch=True,
             add_dataloader_idx=False,
-            batch_size=len(batch["input_ids"]),
+            batch_size=len(batch["targets"]),
             sync_dist=True,
         )
         preds = decide(output.logits, output.labels_mask, multi_label, self.hparams.threshold)
@@ -353,11 +360,22 @@ class GLiClassModule(LightningModule):
             raise ValueError("a learning-rate schedule needs a finite run: set trainer.max_steps or max_epochs")
         return int(total)
 
+    def _optimizer_overrides(self) -> dict[str, Any]:
+        """`fused=False` under fp16 loss scaling (trainer.precision=16-mixed): a fused optimiser unscales the
+        gradients inside its step, so Lightning refuses to clip them first ("optimizer does not allow for gradient
+        clipping"), and every recipe clips (gradient_clip_val, PPO's max_grad_norm). The unfused AdamW makes the same
+        update. Elsewhere (32-true, bf16-mixed: no scaler) the configured optimiser is built as it is."""
+        fused = getattr(self.optimizer_factory, "keywords", {}).get("fused")
+        if fused and not self._checks_gradients():
+            log.info("fp16 loss scaling: the optimiser is built with fused=False (Lightning cannot clip a fused one)")
+            return {"fused": False}
+        return {}
+
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.parameters()
         if self.param_groups_factory is not None:
             groups = self.param_groups_factory(self.model)
-        optimizer = self.optimizer_factory(params=groups)
+        optimizer = self.optimizer_factory(params=groups, **self._optimizer_overrides())
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         scheduler = self.scheduler_factory(optimizer=optimizer, num_training_steps=self._training_steps)

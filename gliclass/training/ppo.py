@@ -226,7 +226,10 @@ class PPOModule(GLiClassModule):
     selects) all count policy updates. The value head has its own AdamW. Gradients are clipped here to
     `max_grad_norm` (Lightning's clipping does not apply to manual optimisation: keep `trainer.gradient_clip_val`
     null). Single-device only, checked when fitting starts (`setup`): under DDP the value head would train apart on
-    each process and a batch skipped on one process would hang the others.
+    each process and a batch skipped on one process would hang the others. A batch that fails (out of memory, a
+    non-finite loss or gradient) at any of its updates is skipped whole: the updates it made before are rolled back
+    (weights, value head, both optimisers, schedule and `global_step`), so `train/skipped_batches` counts batches
+    that changed nothing.
     """
 
     def __init__(
@@ -258,13 +261,30 @@ class PPOModule(GLiClassModule):
         object.__setattr__(self, "reference", FrozenPolicy(model) if self.settings.use_kl else None)
         self.value_head = None
         self.value_optimizer: torch.optim.Optimizer | None = None
+        # the batch in progress: policy updates made so far, and the state before its first (`_snapshot`)
+        self._applied_updates = 0
+        self._before_updates: dict[str, Any] | None = None
         self._value_optimizer_state: dict[str, Any] | None = None
         if value_model:
             self.value_head = ValueHead(model.config.encoder_config.get_text_config().hidden_size, value_inner_size)
 
     @staticmethod
     def check_trainer(trainer: Trainer) -> None:
-        """Raise unless `trainer` fits on a single device (run_stages calls this before a chain's first stage)."""
+        """Raise unless `trainer` suits manual optimisation on a single device: no gradient accumulation, no
+        Lightning clipping, one process. run.py calls this before a run's first evaluation, run_stages before a
+        chain's first stage, so a mid stage that cannot run fails at the start, not after the stages before it."""
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"stage=mid (PPO) optimises manually (num_rl_iters policy updates per batch), which Lightning's "
+                f"gradient accumulation does not apply to: trainer.accumulate_grad_batches="
+                f"{trainer.accumulate_grad_batches} (experiment=paper_base sets 2) must be 1 for this stage. Run it "
+                "with trainer.accumulate_grad_batches=1, or raise data.batch_size for larger batches"
+            )
+        if trainer.gradient_clip_val:
+            raise ValueError(
+                f"stage=mid (PPO) clips its own gradients (module.max_grad_norm); Lightning's clipping does not apply "
+                f"to manual optimisation: set trainer.gradient_clip_val=null (got {trainer.gradient_clip_val})"
+            )
         strategy = trainer.strategy
         if not isinstance(strategy, SingleDeviceStrategy) or trainer.world_size > 1:
             raise ValueError(
@@ -311,6 +331,8 @@ class PPOModule(GLiClassModule):
         self._value_optimizer_state = checkpoint.get("value_optimizer")  # applied when configure_optimizers runs
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self.count_trimmed_rows(batch)
+        self._applied_updates, self._before_updates = 0, None
         try:
             failure = self._ppo_step(batch)
         except torch.OutOfMemoryError:
@@ -318,9 +340,56 @@ class PPOModule(GLiClassModule):
         if failure is not None:
             # outside the except block: its traceback no longer pins the failed step's tensors
             self.optimizers().zero_grad()
+            if self.value_optimizer is not None:
+                self.value_optimizer.zero_grad()
+            if self._before_updates is not None:  # a skipped batch changes nothing: undo what it changed
+                if self._applied_updates:
+                    failure += f" (the batch's {self._applied_updates} earlier update(s) rolled back)"
+                self._roll_back()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        self._before_updates = None
         self.skipped.record(failure, self.global_step)
+
+    def _snapshot(self) -> dict[str, Any]:
+        """What a policy update changes: trainable weights, the value head, both optimisers' states and the
+        schedule. Taken before a batch's first update (one copy of the trainable weights and optimiser moments), so
+        that a batch failing at a later update is skipped whole, as a batch failing at its first is."""
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        modules = [self.model] + ([self.value_head] if self.value_head is not None else [])
+        return {
+            "weights": [
+                {name: p.detach().clone() for name, p in module.named_parameters() if p.requires_grad}
+                for module in modules
+            ],
+            "optimizer": copy.deepcopy(optimizer.optimizer.state_dict()),
+            "scheduler": None if scheduler is None else copy.deepcopy(scheduler.state_dict()),
+            "value_optimizer": None
+            if self.value_optimizer is None
+            else copy.deepcopy(self.value_optimizer.state_dict()),
+        }
+
+    def _roll_back(self) -> None:
+        """Restore the snapshot of `_snapshot` and take the batch's updates off `global_step` (Lightning counts a
+        manual optimisation's steps in its progress tracker), so the schedule, max_steps and checkpoint intervals
+        count the updates that were kept."""
+        state, count = self._before_updates, self._applied_updates
+        modules = [self.model] + ([self.value_head] if self.value_head is not None else [])
+        with torch.no_grad():
+            for module, weights in zip(modules, state["weights"], strict=True):
+                for name, param in module.named_parameters():
+                    if name in weights:
+                        param.copy_(weights[name])
+        self.optimizers().optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"] is not None:
+            self.lr_schedulers().load_state_dict(state["scheduler"])
+        if state["value_optimizer"] is not None:
+            self.value_optimizer.load_state_dict(state["value_optimizer"])
+        progress = self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress
+        for tracker in (progress.total, progress.current):
+            tracker.completed -= count
+            tracker.ready = tracker.completed  # equal between batches (a step that failed was ready, not completed)
+        self._applied_updates = 0
 
     def _updates_left(self) -> int:
         """num_rl_iters, or fewer on the batch that reaches trainer.max_steps (which counts policy updates)."""
@@ -358,7 +427,10 @@ class PPOModule(GLiClassModule):
                 return f"non-finite policy gradient at update {iteration + 1}"
             if self.max_grad_norm is not None:
                 self.clip_gradients(optimizer, gradient_clip_val=self.max_grad_norm, gradient_clip_algorithm="norm")
+            if self._before_updates is None:  # the batch's first update: what a later failure rolls back to
+                self._before_updates = self._snapshot()
             optimizer.step()
+            self._applied_updates += 1
             if scheduler is not None:
                 scheduler.step()
             if self.value_optimizer is not None:  # its own graph: the value head reads detached embeddings

@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliclass.modeling import GLiClassModel
 from gliclass.processing import GLiClassProcessor
-from gliclass.training.build import apply_tower_options, build_model_and_processor
+from gliclass.training.build import apply_throughput_options, apply_tower_options, build_model_and_processor
+from gliclass.training.lora import LoraModule, check_preset_fits_backbone
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +45,17 @@ def build_model_and_processor_from(
     freeze_word_embeddings: bool = False,
     label_template: str | None = None,
     freeze_label_encoder: bool = False,
+    gradient_checkpointing: bool = False,
+    attn_implementation: str | None = None,
+    compile: bool = False,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """The previous stage's model and processor, or a fresh one (`build_model_and_processor`, with `head_init`) when
     `init_from` is None. An export directory brings its own architecture config; a `.ckpt` is loaded into the
     configured one. `tie_encoders`, `freeze_word_embeddings`, `freeze_label_encoder` and `label_template` apply as in
     `build_model_and_processor`; from an export, a null `label_template` keeps the export's own, and tying needs its
-    two towers to hold equal weights (as a tied run exports them)."""
+    two towers to hold equal weights (as a tied run exports them). `gradient_checkpointing`, `attn_implementation`
+    and `compile` are the throughput switches of `apply_throughput_options`, applied in every case."""
+    throughput = (gradient_checkpointing, attn_implementation, compile)
     if init_from is None:
         return build_model_and_processor(
             backbone,
@@ -60,6 +66,7 @@ def build_model_and_processor_from(
             freeze_word_embeddings,
             label_template,
             freeze_label_encoder,
+            *throughput,
         )
     path = Path(init_from)
     if path.is_dir():
@@ -77,6 +84,7 @@ def build_model_and_processor_from(
     apply_tower_options(
         model, tie_encoders, freeze_word_embeddings, trained=True, freeze_label_encoder=freeze_label_encoder
     )
+    apply_throughput_options(model, *throughput)
     return model, processor
 
 
@@ -178,6 +186,123 @@ def chain_configs(cfg: DictConfig, config_dir: str | Path) -> dict[str, DictConf
             if "init_from" not in stage:
                 raise ValueError(f"stage {name!r} takes no init_from: its overrides must pick stage=mid or stage=post")
             stage.init_from = str(previous)
+        check_lora_preset(name, stage)
         stages[name] = stage
         previous = export_location(stage)
     return stages
+
+
+def check_lora_preset(name: str, stage: DictConfig) -> None:
+    """A LoRA stage's preset fits the run's backbone (`check_preset_fits_backbone`), checked before any stage runs."""
+    if not issubclass(get_class(stage.module._target_), LoraModule):
+        return
+    lora = stage.get("lora")
+    lora = None if lora is None else OmegaConf.to_container(lora, resolve=True)
+    check_preset_fits_backbone(lora, OmegaConf.to_container(stage.model.backbone, resolve=True), name)
+
+
+# names of the config groups that set these GLiClassConfig fields, for error messages
+GROUP_OF_FIELD = {"architecture_type": "arch", "pooling_strategy": "pooling", "scorer_type": "scorer"}
+# backbone settings that say what the backbone is (the others, such as `pretrained` or `tokenizer`, only say how to
+# load a fresh one: an export brings its own weights and tokenizer)
+BACKBONE_IDENTITY = ("name", "spec", "label_name", "label_spec")
+
+
+def init_from_conflicts(cfg: DictConfig, config_dir: str | Path) -> list[str]:
+    """What this run sets differently from the export it starts from (`init_from` an export directory), one line per
+    field; empty when `init_from` is not an existing export directory.
+
+    An export fixes its architecture (its config.json), so the run's model settings are not used: a field the run
+    leaves at the default config's value is fine, but one it sets (on the command line, with a config group such as
+    `arch=uni`, or with an experiment preset) to something other than the export's would be silently ignored."""
+    init_from = cfg.get("init_from")
+    if not init_from or not Path(init_from).is_dir():
+        return []
+    from gliclass.config import GLiClassConfig
+
+    default = _default_train_config(config_dir)
+    export = GLiClassConfig.from_pretrained(init_from)
+    conflicts = []
+    ours = _plain_node(cfg.model.get("config"))
+    defaults = _plain_node(default.model.get("config"))
+    for key, value in ours.items():
+        if key in defaults and defaults[key] == value:
+            continue  # not set by this run
+        theirs = getattr(export, key, None)
+        if theirs != value:
+            group = f" ({GROUP_OF_FIELD[key]}=...)" if key in GROUP_OF_FIELD else ""
+            conflicts.append(f"model.config.{key}{group}: {value!r} here, {theirs!r} in the export")
+    ours, defaults = _plain_node(cfg.model.get("backbone")), _plain_node(default.model.get("backbone"))
+    if any(ours.get(key) != defaults.get(key) for key in BACKBONE_IDENTITY):
+        conflicts += _backbone_conflicts(ours, export)
+    return conflicts
+
+
+def check_init_from(cfg: DictConfig, config_dir: str | Path) -> None:
+    """Raise, naming the fields, when the run sets model fields that its `init_from` export would silently override."""
+    conflicts = init_from_conflicts(cfg, config_dir)
+    if conflicts:
+        raise ValueError(
+            f"init_from={cfg.init_from} is an export directory, whose config.json fixes the architecture, but this "
+            "run sets other values: " + "; ".join(conflicts) + ". Drop those overrides to continue the export as it "
+            "is, or start from a .ckpt of the configured architecture (or without init_from)"
+        )
+
+
+def _backbone_conflicts(backbone: Mapping[str, Any], export: Any) -> list[str]:
+    """The run's backbone against the export's text (and label) backbone: every field of a `spec` must match; a
+    `name` must be the export's backbone name, or a backbone of the same shape."""
+    from transformers import AutoConfig
+
+    from gliclass.modeling import resolve_backbone
+
+    out = []
+    towers = [("spec", "name", export.encoder_config, export.encoder_model_name)]
+    if export.label_model_config is not None:
+        towers.append(("label_spec", "label_name", export.label_model_config, export.label_model_name))
+    for spec_key, name_key, theirs, their_name in towers:
+        spec, name = backbone.get(spec_key), backbone.get(name_key)
+        if spec is None and name is not None:
+            resolved = resolve_backbone(name)
+            if resolved == their_name:
+                continue
+            try:
+                spec = AutoConfig.from_pretrained(resolved).to_dict()
+            except (OSError, ValueError):  # not loadable here (offline): a different name, a different backbone
+                out.append(f"model.backbone.{name_key}: {name!r} here, {their_name!r} in the export")
+                continue
+            spec = {key: spec.get(key) for key in SHAPE_FIELDS}
+        if not spec:
+            continue
+        differ = {key: value for key, value in spec.items() if getattr(theirs, key, None) != value}
+        if differ:
+            where = f"model.backbone.{spec_key if backbone.get(spec_key) is not None else name_key}"
+            shown = ", ".join(
+                f"{key}={value!r} (export: {getattr(theirs, key, None)!r})" for key, value in differ.items()
+            )
+            out.append(f"{where}: {shown}")
+    return out
+
+
+# what makes two backbones of one family interchangeable for a checkpoint's weights
+SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+
+
+def _plain_node(node: Any) -> dict[str, Any]:
+    if node is None:
+        return {}
+    try:
+        return dict(OmegaConf.to_container(node, resolve=True))
+    except Exception:  # an interpolation that only a Hydra run resolves (hydra:...): compare the unresolved text
+        return dict(OmegaConf.to_container(node, resolve=False))
+
+
+def _default_train_config(config_dir: str | Path) -> DictConfig:
+    """The `train` config with no overrides: what a run that sets nothing would use."""
+    context = (
+        nullcontext()
+        if GlobalHydra.instance().is_initialized()
+        else initialize_config_dir(str(config_dir), version_base="1.3")
+    )
+    with context:
+        return compose("train")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,6 +38,8 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: Mapping
     out of the training curves.
     """
     params = OmegaConf.to_container(cfg, resolve=True)
+    if params.get("tags"):  # one readable column ("a, b"), as `log_tags` wrote it at the start
+        params["tags"] = ", ".join(str(tag) for tag in params["tags"])
     choices = group_choices()
     if choices:  # the config groups this run chose (arch=uni, pooling=attn, ...): one HParams column each
         params["choice"] = choices
@@ -48,6 +50,19 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: Mapping
         else:
             logger.log_hyperparams(params)
             logger.log_metrics(hp_metrics)
+
+
+def log_tags(loggers: list[Logger], tags: Sequence[str] | None) -> None:
+    """The run's `tags` at its start, so a run that fails or is still running is findable by them: every logger's
+    hyper-parameters get `tags: "a, b"` (hparams.yaml of the CSV and TensorBoard loggers) and TensorBoard a `tags`
+    text summary at step 0 (its Text tab)."""
+    if not tags:
+        return
+    joined = ", ".join(str(tag) for tag in tags)
+    for logger in loggers:
+        logger.log_hyperparams({"tags": joined})
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_text("tags", joined, global_step=0)
 
 
 def group_choices() -> dict[str, str]:
@@ -93,13 +108,16 @@ def interpolate_weights(model: Any, start: Mapping[str, Any], alpha: float) -> N
                 value.copy_(alpha * value + (1.0 - alpha) * start[key].to(value.device, value.dtype))
 
 
-def embed_sim_metrics(datamodule: Any, backbone: str, prefix: str = "embed_sim") -> dict[str, float]:
+def embed_sim_metrics(
+    datamodule: Any, backbone: str, prefix: str = "embed_sim", device: str | torch.device = "cpu"
+) -> dict[str, float]:
     """Macro-F1 of the embedding-similarity baseline (mean-pooled cosine of `backbone`) on the datamodule's
-    evaluation datasets, the same rows the model is tested on: `{prefix}/<name>/f1_macro` and `{prefix}/f1_macro`."""
+    evaluation datasets, the same rows the model is tested on: `{prefix}/<name>/f1_macro` and `{prefix}/f1_macro`.
+    `device`: where the backbone runs (run.py passes the trainer's device, so a GPU run scores it on the GPU)."""
     from gliclass.evaluation.metrics import evaluate_scores
     from gliclass.evaluation.systems import EmbeddingSimilarity
 
-    system = EmbeddingSimilarity(backbone)
+    system = EmbeddingSimilarity(backbone, device=device)
     out = {}
     for name in datamodule.eval_names:
         examples = datamodule.eval_examples(name)

@@ -1,0 +1,128 @@
+"""The leave-family-out cross-validation table of a `experiment=recipe_cv` sweep (docs/recipe_cv.md).
+
+python -m gliclass.evaluation.cv logs/train/multiruns/recipe_cv                  # <sweep dir>/cv.{md,json}
+python -m gliclass.evaluation.cv logs/train/multiruns/recipe_cv --out experiments/results/recipe_cv
+
+Jobs are grouped into variants by their overrides other than `fold=`; each variant's table has one row per fold: the
+mean over the fold's held-out sets of macro-F1 minus `embed-sim`'s on the same rows, for the exported model
+(`test/`) and for the fine-tuned weights before weight ensembling (`zeroshot_finetuned/`). The CV margin is the mean
+of the fold margins; it is only given when every fold of the variant completed (a missing fold is named instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from gliclass.data.families import FOLDS
+
+SYSTEMS = {"exported": "test", "fine-tuned": "zeroshot_finetuned"}
+BASELINE = "embed_sim"
+
+
+def fold_margins(metrics: dict[str, float], prefix: str) -> tuple[float, dict[str, tuple[float, float]]]:
+    """(mean margin over embed-sim, {set: (model F1, embed-sim F1)}) for the sets of one job's metrics."""
+    per_set = {}
+    for key, value in metrics.items():
+        parts = key.split("/")
+        if len(parts) == 3 and parts[0] == prefix and parts[2] == "f1_macro":
+            base = metrics.get(f"{BASELINE}/{parts[1]}/f1_macro")
+            if base is None:
+                raise ValueError(f"{parts[1]}: no {BASELINE} score in the same job, so no margin")
+            per_set[parts[1]] = (float(value), float(base))
+    if not per_set:
+        return math.nan, {}
+    return sum(m - b for m, b in per_set.values()) / len(per_set), per_set
+
+
+def read_sweep(sweep_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """{variant (overrides other than the fold, joined): {fold: {status, metrics, dir, error}}}."""
+    variants: dict[str, dict[str, dict[str, Any]]] = {}
+    for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
+        overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
+        folds = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "fold"]
+        if len(folds) != 1:
+            raise SystemExit(f"{job_dir}: not a cross-validation job (its overrides name no single fold={overrides})")
+        variant = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "fold") or "(as configured)"
+        result = job_dir / "result.json"
+        record = json.loads(result.read_text()) if result.is_file() else {"status": "not started"}
+        variants.setdefault(variant, {})[folds[0]] = {
+            "status": record.get("status"),
+            "metrics": record.get("metrics") or {},
+            "dir": str(job_dir),
+            "error": record.get("error"),
+            "git_commit": record.get("git_commit"),
+        }
+    if not variants:
+        raise SystemExit(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found")
+    return variants
+
+
+def summarize(variants: dict[str, dict[str, dict[str, Any]]], folds: Sequence[str] = tuple(FOLDS)) -> dict:
+    out: dict[str, Any] = {}
+    for variant, jobs in variants.items():
+        rows, missing = {}, []
+        for fold in folds:
+            job = jobs.get(fold)
+            if job is None or job["status"] != "completed":
+                missing.append(f"{fold}: {'not run' if job is None else job['status']}")
+                continue
+            rows[fold] = {}
+            for system, prefix in SYSTEMS.items():
+                margin, per_set = fold_margins(job["metrics"], prefix)
+                rows[fold][system] = {"margin": margin, "sets": per_set}
+        cv = {}
+        if not missing:
+            for system in SYSTEMS:
+                values = [rows[f][system]["margin"] for f in folds]
+                cv[system] = sum(values) / len(values)
+        commits = sorted({str(j.get("git_commit")) for j in jobs.values()})
+        out[variant] = {"folds": rows, "missing": missing, "cv_margin": cv, "git_commits": commits}
+    return out
+
+
+def markdown(summary: dict) -> str:
+    lines = ["# Leave-family-out cross-validation: margin over `embed-sim` (macro-F1), docs/recipe_cv.md", ""]
+    for variant, data in summary.items():
+        lines += [f"## `{variant}`", "", f"commit(s): {', '.join(data['git_commits'])}", ""]
+        lines += ["| fold | held-out families | exported | fine-tuned |", "|---|---|---:|---:|"]
+        for fold, row in data["folds"].items():
+            cells = [f"{row[s]['margin']:+.4f}" for s in SYSTEMS]
+            lines.append(f"| {fold} | {', '.join(FOLDS.get(fold, ()))} | {' | '.join(cells)} |")
+        if data["cv_margin"]:
+            cells = [f"**{data['cv_margin'][s]:+.4f}**" for s in SYSTEMS]
+            lines.append(f"| **CV margin** | mean of the folds | {' | '.join(cells)} |")
+        else:
+            lines.append(f"| CV margin | incomplete: {'; '.join(data['missing'])} | | |")
+        lines += ["", "| set | exported | fine-tuned | embed-sim |", "|---|---:|---:|---:|"]
+        for row in data["folds"].values():
+            for name, (model, base) in row["exported"]["sets"].items():
+                tuned = row["fine-tuned"]["sets"].get(name, (math.nan, math.nan))[0]
+                lines.append(f"| {name} | {model:.4f} | {tuned:.4f} | {base:.4f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("sweep_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep directory)")
+    p.add_argument("--name", default="cv", help="file name stem (<out>/<name>.{md,json})")
+    args = p.parse_args(argv)
+    summary = summarize(read_sweep(args.sweep_dir))
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    (out / f"{args.name}.md").write_text(markdown(summary))
+    print(markdown(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Leave-family-out cross-validation (docs/recipe_cv.md): the families cover every train-only set and keep the sets
+that share texts together, the folds partition the families, no fold trains on what it scores, and the summary
+computes the margin over embed-sim as documented."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import SHARED_DATA
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf.errors import MissingMandatoryValue
+
+import gliclass.resolvers  # noqa: F401  (registers the config resolvers the data configs use)
+from gliclass.data.benchmarks import PAPER_BENCHMARKS, list_benchmarks
+from gliclass.data.datamodule import GLiClassDataModule
+from gliclass.data.families import FAMILIES, FAMILY_OF, FOLDS, family_of, fold_datasets, held_out_leaks
+from gliclass.evaluation import cv
+
+ROOT = Path(__file__).resolve().parents[1]
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"benchmark data not found at {SHARED_DATA}")
+
+
+def test_families_are_disjoint_and_hold_no_paper_set():
+    listed = [name for names in FAMILIES.values() for name in names]
+    assert len(listed) == len(set(listed)) == len(FAMILY_OF)
+    assert not set(listed) & set(PAPER_BENCHMARKS)
+
+
+@needs_data
+def test_every_train_only_set_has_a_family():
+    sets = set(list_benchmarks(SHARED_DATA, include_nli=False)) - set(PAPER_BENCHMARKS)
+    assert sets == set(FAMILY_OF), (sorted(sets - set(FAMILY_OF)), sorted(set(FAMILY_OF) - sets))
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("trec", "trec_fine"),  # the same 5,452 questions
+        ("sem_eval_2018_ec", "tweet_eval_emotion"),  # 1,810 shared tweets
+        ("tweet_eval_offensive", "tweet_eval_hate"),
+        ("airline_sentiment", "airline_complaints"),
+        ("uci_imdb_sentences", "uci_yelp_sentences"),
+        ("mpqa", "subj"),
+        ("go_emotions", "tweet_eval_emotion"),
+    ],
+)
+def test_sets_that_share_texts_share_a_family(pair):
+    assert family_of(pair[0]) == family_of(pair[1])
+
+
+def test_an_unknown_set_is_an_error_naming_it():
+    with pytest.raises(KeyError, match="'my_set' has no family"):
+        family_of("my_set")
+    with pytest.raises(KeyError, match="unknown families"):
+        held_out_leaks(["trec"], ["questionz"])
+
+
+def test_folds_partition_the_families():
+    held = [family for families in FOLDS.values() for family in families]
+    assert sorted(held) == sorted(FAMILIES)
+
+
+@pytest.mark.parametrize("fold", list(FOLDS))
+def test_fold_configs_hold_out_and_score_their_families(fold):
+    cfg = yaml.safe_load((ROOT / "conf" / "fold" / f"{fold}.yaml").read_text())["data"]
+    assert cfg["holdout_families"] == list(FOLDS[fold])
+    assert cfg["eval_datasets"] == [f"{name}:train:500" for name in fold_datasets(fold)]
+
+
+@pytest.fixture(scope="module")
+def compose_cfg():
+    GlobalHydra.instance().clear()
+    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        yield lambda overrides: compose(config_name="train", overrides=overrides)
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("data", ["zeroshot", "zeroshot_all"])
+@pytest.mark.parametrize("fold", list(FOLDS))
+def test_no_fold_trains_on_a_family_it_scores(compose_cfg, fold, data):
+    cfg = compose_cfg(["experiment=recipe_cv", f"fold={fold}", f"data={data}"])
+    datamodule = GLiClassDataModule(**{k: v for k, v in cfg.data.items() if k != "_target_"} | {"data_dir": None})
+    trained = [b.name for b in datamodule.benchmarks]
+    assert trained and not held_out_leaks(trained, FOLDS[fold])
+    assert {family_of(name) for name in datamodule.eval_names} == set(FOLDS[fold])
+    assert not cfg.export and cfg.eval_embed_sim
+
+
+def test_a_cv_run_without_its_fold_stops_at_once(compose_cfg):
+    cfg = compose_cfg(["experiment=recipe_cv"])
+    with pytest.raises(MissingMandatoryValue, match="holdout_families"):
+        _ = cfg.data.holdout_families
+
+
+def test_a_fold_that_scores_a_set_it_does_not_hold_out_is_refused():
+    with pytest.raises(ValueError, match=r"eval_datasets \['clinc150'\] are not in a held-out family"):
+        GLiClassDataModule(benchmarks=["trec"], holdout_families=["questions"], eval_datasets=["clinc150:train"])
+
+
+def test_rows_per_family_splits_each_familys_rows_over_its_sets():
+    datamodule = GLiClassDataModule(
+        benchmarks=["trec", "trec_fine", "clinc150", "mpqa:train:10", "subj"],
+        holdout_families=["subjectivity"],
+        eval_datasets=["mpqa:train:5"],
+        rows_per_family=101,
+    )
+    assert {b.name: b.limit for b in datamodule.benchmarks} == {"trec": 51, "trec_fine": 51, "clinc150": 101}
+
+
+def _job(root: Path, num: int, overrides: list[str], status: str, metrics: dict | None = None) -> None:
+    job = root / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / "result.json").write_text(json.dumps({"status": status, "metrics": metrics or {}, "git_commit": "abc"}))
+
+
+def _metrics(model: float, tuned: float, base: float, sets=("a", "b")) -> dict:
+    out = {}
+    for i, name in enumerate(sets):
+        out |= {
+            f"test/{name}/f1_macro": model + i,
+            f"zeroshot_finetuned/{name}/f1_macro": tuned + i,
+            f"embed_sim/{name}/f1_macro": base + i,
+        }
+    return out | {"test/f1_macro": 99.0}  # the all-set mean is not a set
+
+
+def test_cv_summary_groups_variants_and_needs_every_fold(tmp_path):
+    folds = list(FOLDS)
+    for i, fold in enumerate(folds):
+        _job(tmp_path, i, [f"fold={fold}", "data=zeroshot"], "completed", _metrics(0.5 + 0.01 * i, 0.4, 0.45))
+    for i, fold in enumerate(folds[:-1]):
+        _job(tmp_path, 10 + i, [f"fold={fold}", "data=zeroshot_all"], "completed", _metrics(0.6, 0.6, 0.5))
+    _job(tmp_path, 20, [f"fold={folds[-1]}", "data=zeroshot_all"], "failed")
+    summary = cv.main([str(tmp_path), "--out", str(tmp_path / "out")])
+    full = summary["data=zeroshot"]
+    assert full["cv_margin"]["exported"] == pytest.approx(0.05 + 0.01 * 2)  # mean of 0.05 ... 0.09
+    assert full["cv_margin"]["fine-tuned"] == pytest.approx(-0.05)
+    partial = summary["data=zeroshot_all"]
+    assert partial["cv_margin"] == {} and partial["missing"] == [f"{folds[-1]}: failed"]
+    text = (tmp_path / "out" / "cv.md").read_text()
+    assert "**+0.0700**" in text and "incomplete" in text
+
+
+def test_a_margin_needs_embed_sim_from_the_same_job():
+    with pytest.raises(ValueError, match="no embed_sim score"):
+        cv.fold_margins({"test/a/f1_macro": 0.5}, "test")
+    assert math.isnan(cv.fold_margins({}, "test")[0])
