@@ -20,7 +20,8 @@ import gliclass.pipeline as pipeline_module
 from gliclass.config import SPECIAL_TOKENS
 from gliclass.evaluation import overhead, speed, speed_inputs
 from gliclass.evaluation.workers import official_python
-from gliclass.pipeline import ZeroShotPipeline, _SequenceIds
+from gliclass.pipeline import ZeroShotPipeline
+from gliclass.planning import SequenceIds
 from gliclass.processing import Segments, add_special_tokens, pad_ids
 
 WORDS = ["the", "movie", "was", "good", "and", "the", "plot", "was", "bad", "but", "i", "love", "the", "music"]
@@ -266,7 +267,7 @@ def test_composed_ids_equal_whole_string_ids(kind: str):
     """text ids + remembered label-block ids == the whole string's ids, for every tokenizer family's boundary
     rules (spaces, punctuation, unicode, the prefix space of SentencePiece-style tokenizers, eos-only templates)."""
     tokenizer = make_tokenizer(kind)
-    sequences = _SequenceIds(tokenizer, tokens_of(tokenizer))
+    sequences = SequenceIds(tokenizer, tokens_of(tokenizer))
     for round_ in range(3):
         for suffix in SUFFIXES:
             segments = [Segments("", text, suffix) for text in TRICKY_TEXTS]
@@ -280,7 +281,7 @@ def test_prefixed_or_unmarked_strings_are_always_tokenised_whole():
     is a suffix that does not start with a GLiClass marker."""
     tokenizer = make_tokenizer("metaspace-first")
     spy = SpyTokenizer(tokenizer)
-    sequences = _SequenceIds(tokenizer, tokens_of(spy))
+    sequences = SequenceIds(tokenizer, tokens_of(spy))
     segments = [Segments("<<LABEL>>a<<SEP>>prompt ", "text", ""), Segments("", "text", " plain suffix<<SEP>>")]
     for _ in range(3):
         spy.strings.clear()
@@ -293,7 +294,7 @@ def test_markers_that_strip_their_neighbours_are_not_composed():
     """A marker added with lstrip=True swallows the text's trailing spaces: it is never split at."""
     tokenizer = _trained("metaspace-first")
     tokenizer.add_tokens([AddedToken(token, lstrip=True, normalized=False) for token in SPECIAL_TOKENS])
-    sequences = _SequenceIds(tokenizer, tokens_of(tokenizer))
+    sequences = SequenceIds(tokenizer, tokens_of(tokenizer))
     assert sequences.markers == ()
     segments = [Segments("", text, SUFFIXES[0]) for text in TRICKY_TEXTS]
     for _ in range(3):

@@ -287,6 +287,26 @@ def test_truncate_scores_the_head_once_per_label_group(uni):
     assert truncated.plan("good movie", LABELS) == chunked.plan("good movie", LABELS)  # short texts: unchanged
 
 
+def test_planning_settings_live_on_the_planner_and_stay_settable(uni):
+    """`gliclass.planning.RowPlanner` plans the rows; the pipeline's settings of the same names read and set it, so
+    changing one on a built pipeline plans as a pipeline built with it (as before planning had its own module)."""
+    model, processor = uni
+    text = " ".join(WORDS * 3)
+    built = ZeroShotPipeline(model, processor, long_text="truncate", max_labels_per_group=2, chunk_overlap=4)
+    changed = ZeroShotPipeline(model, processor)
+    assert changed.plan(text, LABELS) != built.plan(text, LABELS)
+    changed.long_text, changed.max_labels_per_group, changed.chunk_overlap = "truncate", 2, 4
+    assert (changed.planner.long_text, changed.planner.max_labels_per_group, changed.long_text) == (
+        "truncate",
+        2,
+        "truncate",
+    )
+    assert changed.plan(text, LABELS) == built.plan(text, LABELS)
+    assert changed.processor is changed.planner.processor is processor
+    requests = changed._requests(text, LABELS, None, None, None, None)[0]
+    assert changed.planner.rows(requests) == changed.plan(text, LABELS)  # the same rows with no pipeline call
+
+
 def test_bf16_precision_moves_scores_a_little(uni):
     fp32 = ZeroShotPipeline(*uni)
     bf16 = ZeroShotPipeline(*uni, precision="bf16")

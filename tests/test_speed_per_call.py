@@ -9,7 +9,8 @@ import pytest
 import torch
 from conftest import needs_cpp_compiler, tiny_model
 
-from gliclass.pipeline import ZeroShotPipeline, _FastIds
+from gliclass.pipeline import ZeroShotPipeline
+from gliclass.planning import FastIds
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -30,7 +31,7 @@ def uni():
 def test_fast_ids_equal_the_tokenizers_own_call(uni):
     _, processor = uni
     tokenizer = processor.tokenizer
-    fast = _FastIds.of(tokenizer)
+    fast = FastIds.of(tokenizer)
     assert fast is not None  # the stock fast tokenizer takes the direct path
     for special in (True, False):
         expected = tokenizer(STRINGS, add_special_tokens=special, truncation=False, verbose=False)["input_ids"]
@@ -45,7 +46,7 @@ def test_fast_ids_undo_a_truncation_left_on_the_backend(uni):
     long = " ".join(["the movie was good"] * 10)
     tokenizer([long], truncation=True, max_length=5, padding="max_length")
     assert tokenizer.backend_tokenizer.truncation is not None
-    ids = _FastIds.of(tokenizer)([long], True)[0]
+    ids = FastIds.of(tokenizer)([long], True)[0]
     assert len(ids) > 5
     assert ids == tokenizer([long], add_special_tokens=True, truncation=False)["input_ids"][0]
 
@@ -55,7 +56,7 @@ def test_pipeline_tokenises_without_the_wrapper_and_gives_the_same_logits(uni, m
     texts = ["the movie was good", "i love the music and the plot was bad"]
     labels = ["good", "bad", "music"]
     reference = ZeroShotPipeline(model, processor)
-    reference._fast_ids = None  # the tokenizer's own call throughout
+    reference.planner._fast_ids = None  # the tokenizer's own call throughout
     expected = [reference.logits(texts, labels)[i]["logits"] for i in range(2)]
     pipe = ZeroShotPipeline(model, processor)
     pipe.logits(texts, labels)  # first calls may measure offsets (which need the wrapper)
@@ -78,7 +79,7 @@ def test_wrapped_or_custom_tokenizers_keep_their_own_call(uni):
         def __getattr__(self, name):
             return getattr(self.tokenizer, name)
 
-    assert _FastIds.of(Wrapper(processor.tokenizer)) is None
+    assert FastIds.of(Wrapper(processor.tokenizer)) is None
 
     class Custom(type(processor.tokenizer)):
         def __call__(self, *args, **kwargs):
@@ -86,7 +87,7 @@ def test_wrapped_or_custom_tokenizers_keep_their_own_call(uni):
 
     custom = processor.tokenizer.__class__.__new__(Custom)
     custom.__dict__.update(processor.tokenizer.__dict__)
-    assert _FastIds.of(custom) is None
+    assert FastIds.of(custom) is None
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from itertools import islice
 from pathlib import Path
 
 from gliclass.data.formats import DataFormatError, Example, PathLike, check_label_list, iter_json_rows, take
+from gliclass.data.sources import HUB_SOURCES
 
 DATA_DIR_ENV = "GLICLASS_DATA_DIR"
 # the 10 benchmark sets of paper Table 3: every model we report is scored on their test splits, zero-shot, so no
@@ -158,8 +159,6 @@ def read_benchmark(
 
 def _origin(name: str) -> str:
     """Where a missing dataset can come from."""
-    from gliclass.data.hub import HUB_SOURCES  # hub.py imports this module
-
     if name in HUB_SOURCES:
         return f"`{FETCH_COMMAND} --datasets {name}` builds it from the Hugging Face hub"
     if name in LOCAL_ONLY_DATASETS:

@@ -26,8 +26,8 @@ from typing import Any
 
 from gliclass.data.benchmarks import data_root
 from gliclass.data.formats import DataFormatError, Example, PathLike, iter_json_rows
+from gliclass.data.sources import NLI_LABELS, import_load_dataset
 
-NLI_LABELS = ("entailment", "neutral", "contradiction")
 NLI_TEMPLATE = "{premise}\nHypothesis: {hypothesis}"
 HUB_NLI = ("stanfordnlp/snli", None)  # hub labels: 0 entailment, 1 neutral, 2 contradiction, -1 no gold label
 
@@ -66,8 +66,6 @@ def read_nli(
 
 def load_hub_nli(split: str = "validation", limit: int | None = None, load_dataset: Any = None) -> list[NLIPair]:
     """SNLI pairs from the hub; pairs without a gold label (-1) are dropped, as every SNLI user does."""
-    from gliclass.data.hub import import_load_dataset
-
     load = load_dataset or import_load_dataset()
     pairs = []
     for index, row in enumerate(load(HUB_NLI[0], HUB_NLI[1], split=split)):

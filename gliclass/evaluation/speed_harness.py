@@ -52,6 +52,7 @@ def onnx_cache_key(model_dir: Path) -> str:
     changed exporter gets a new export."""
     import importlib.metadata as metadata
 
+    import gliclass.onnx.common as common
     import gliclass.onnx.export as exporter
     import gliclass.onnx.quantize as quantizer
 
@@ -62,7 +63,7 @@ def onnx_cache_key(model_dir: Path) -> str:
         with open(path, "rb") as f:
             for block in iter(lambda f=f: f.read(1 << 20), b""):
                 digest.update(block)
-    for module in (exporter, quantizer):  # the int8 graphs are the quantiser's
+    for module in (common, exporter, quantizer):  # the int8 graphs are the quantiser's; common: names, inputs
         digest.update(Path(module.__file__).read_bytes())
     for package in ("torch", "onnx", "onnxruntime"):
         try:

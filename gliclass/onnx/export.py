@@ -35,11 +35,10 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from gliclass.onnx import quantize as int8
+from gliclass.onnx.common import LABEL_GRAPH, META_FILE, TEXT_GRAPH, text_input_names
+from gliclass.onnx.common import has_onnx_export as has_onnx_export  # re-exported: it was defined here
 from gliclass.processing import GLiClassProcessor
 
-META_FILE = "gliclass_onnx.json"
-TEXT_GRAPH = "model.onnx"
-LABEL_GRAPH = "label_encoder.onnx"
 QUANTIZATIONS = ("int8",)
 EXPORTERS = ("torchscript", "dynamo")
 OPSET = 17  # the TorchScript exporter's opset 18 graphs (e.g. ReduceMean with axes as an input) defeat the fusions
@@ -83,19 +82,6 @@ class LabelGraph(nn.Module):
 
     def forward(self, class_input_ids: torch.Tensor, class_attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model.encode_labels(class_input_ids, class_attention_mask)
-
-
-def text_input_names(architecture: str) -> list[str]:
-    names = ["input_ids", "attention_mask", "labels_mask"]
-    if architecture in ("bi-encoder", "bi-encoder-fused"):
-        names.append("class_embeddings")
-    elif architecture == "encoder-decoder":
-        names += ["class_input_ids", "class_attention_mask"]
-    return names
-
-
-def has_onnx_export(path: str | os.PathLike) -> bool:
-    return (Path(path) / META_FILE).is_file() and (Path(path) / TEXT_GRAPH).is_file()
 
 
 def _sample_inputs(model: nn.Module, processor: GLiClassProcessor) -> dict[str, torch.Tensor]:

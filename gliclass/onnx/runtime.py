@@ -12,7 +12,7 @@ import torch
 
 from gliclass.config import GLiClassConfig
 from gliclass.modeling.architectures import GLiClassOutput
-from gliclass.onnx.export import META_FILE, text_input_names
+from gliclass.onnx.common import META_FILE, text_input_names
 
 # per session run; at 512 tokens and 12 heads that is 5 rows (a batch of 32 would need 384 MiB)
 ATTENTION_BYTES = 64 * 2**20
