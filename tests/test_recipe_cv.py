@@ -153,3 +153,17 @@ def test_a_margin_needs_embed_sim_from_the_same_job():
     with pytest.raises(ValueError, match="no embed_sim score"):
         cv.fold_margins({"test/a/f1_macro": 0.5}, "test")
     assert math.isnan(cv.fold_margins({}, "test")[0])
+
+
+def test_the_sweep_summary_of_a_cv_sweep_adds_the_cv_table(tmp_path):
+    from gliclass.evaluation import sweep
+
+    folds = list(FOLDS)
+    (tmp_path / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"overrides": {"task": ["experiment=recipe_cv", f"fold={','.join(folds)}"]}}})
+    )
+    for i, fold in enumerate(folds):
+        _job(tmp_path, i, ["experiment=recipe_cv", f"fold={fold}"], "completed", _metrics(0.6, 0.55, 0.5))
+    sweep.main([str(tmp_path), "--out", str(tmp_path / "out"), "--name", "cvsweep"])
+    table = json.loads((tmp_path / "out" / "cvsweep_cv.json").read_text())
+    assert table["experiment=recipe_cv"]["cv_margin"]["exported"] == pytest.approx(0.1)

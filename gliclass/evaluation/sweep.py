@@ -281,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["run"] = run_record(args, "gliclass.evaluation.sweep")
     publish(result, args.out, args.name, render)
     plot(result, args.out / f"{args.name}.png")
+    if "fold" in result.get("swept", ()):  # a leave-family-out CV sweep: its margin table too (<name>_cv.{md,json})
+        from gliclass.evaluation import cv
+
+        cv.main([str(args.sweep_dir), "--out", str(args.out), "--name", f"{args.name}_cv"])
     return result
 
 
