@@ -7,6 +7,7 @@ architecture returns a `GLiClassOutput`; scoring (projection, normalisation, sco
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -188,8 +189,11 @@ class UniEncoder(GLiClassBase):
         return torch.where(after_example, 2, after_sep.long())
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        need_states = self.config.squeeze_layers or self.config.encoder_layer_id != -1
-        kwargs = {"attention_mask": attention_mask, "output_hidden_states": need_states, "return_dict": True}
+        kwargs = {
+            "attention_mask": attention_mask,
+            "output_hidden_states": self.needs_hidden_states,
+            "return_dict": True,
+        }
         if self.config.use_segment_embeddings:
             embeds = self.encoder_model.get_input_embeddings()(input_ids)
             outputs = self.encoder_model(
@@ -197,6 +201,15 @@ class UniEncoder(GLiClassBase):
             )
         else:
             outputs = self.encoder_model(input_ids=input_ids, **kwargs)
+        return self.select_states(outputs, attention_mask)
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        """Whether `select_states` reads every layer's states (a chosen layer, or the layer-wise squeeze)."""
+        return self.config.squeeze_layers or self.config.encoder_layer_id != -1
+
+    def select_states(self, outputs: Any, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The token states the heads read: `encoder_layer_id`'s layer, the layer-wise squeeze, or the last layer."""
         if self.config.encoder_layer_id != -1:
             return outputs.hidden_states[self.config.encoder_layer_id]
         if self.config.squeeze_layers:

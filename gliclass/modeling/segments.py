@@ -191,6 +191,10 @@ class SegmentGates(nn.Module):
         """g per layer (0: closed): the cross- to same-segment attention mass ratio at equal scores."""
         return (GATE_SCALE * self.segment_gate).clamp(min=0)
 
+    def named_values(self) -> dict[str, torch.Tensor]:
+        """`{"layer_<i>": g_i}`: the gates by layer, as logged (`gate_log_values`)."""
+        return {f"layer_{i}": value for i, value in enumerate(self.values())}
+
     def log_values(self) -> torch.Tensor:
         # floored forward value, gradient 1 (straight through); `gate - gate.detach()` is exactly 0 in the forward,
         # where `gate + (floored - gate).detach()` would round the floor away for any |gate| >> 1e-16
@@ -245,25 +249,20 @@ class GatedUniEncoder(UniEncoder):
         self.segment_gates = SegmentGates(self.encoder_model)
 
     def gate_values(self) -> dict[str, torch.Tensor]:
-        return {f"layer_{i}": value for i, value in enumerate(self.segment_gates.values())}
+        return self.segment_gates.named_values()
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         segments, positions, ids = segment_layout(input_ids, attention_mask, self.config)
-        need_states = self.config.squeeze_layers or self.config.encoder_layer_id != -1
         outputs = self.segment_gates(
             self.encoder_model,
             segments,
             input_ids=ids,
             attention_mask=attention_mask,
             position_ids=positions,
-            output_hidden_states=need_states,
+            output_hidden_states=self.needs_hidden_states,
             return_dict=True,
         )
-        if self.config.encoder_layer_id != -1:
-            return outputs.hidden_states[self.config.encoder_layer_id]
-        if self.config.squeeze_layers:
-            return self.layer_wise_attention(outputs.hidden_states, attention_mask)
-        return outputs.last_hidden_state
+        return self.select_states(outputs, attention_mask)
 
     def forward(
         self,
@@ -336,8 +335,7 @@ class GatedFusedBiEncoder(FusedBiEncoder):
         self.slot_gate = nn.Parameter(torch.zeros(()))
 
     def gate_values(self) -> dict[str, torch.Tensor]:
-        values = {f"layer_{i}": value for i, value in enumerate(self.segment_gates.values())}
-        return {**values, "slot": self.slot_gate}
+        return {**self.segment_gates.named_values(), "slot": self.slot_gate}
 
     def forward(
         self,
