@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from hydra import initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from transformers import BertTokenizer
 
 from gliclass import build_model
@@ -14,6 +18,7 @@ from gliclass.pipeline import missing_cpp_compiler
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_VOCAB = FIXTURES / "tiny_vocab.txt"
+REPO_CONF = Path(__file__).resolve().parents[1] / "conf"
 SHARED_DATA = Path(os.environ.get("GLICLASS_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -88,3 +93,16 @@ def single_thread():
 def pytest_configure(config):
     # tiny models spend more time spin-waiting across threads than computing; one thread is fastest on shared CPUs
     torch.set_num_threads(1)
+
+
+@contextmanager
+def hydra_conf_dir() -> Iterator[None]:
+    """Hydra initialised on the repository's conf/ (PROJECT_ROOT set, as run.py does), cleared before and after: the
+    body of every test module's compose fixture."""
+    GlobalHydra.instance().clear()
+    os.environ.setdefault("PROJECT_ROOT", str(REPO_CONF.parent))
+    try:
+        with initialize_config_dir(config_dir=str(REPO_CONF), version_base="1.3"):
+            yield
+    finally:
+        GlobalHydra.instance().clear()

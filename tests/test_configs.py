@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import hydra_conf_dir
+from hydra import compose
 from omegaconf import OmegaConf
 
 from gliclass.config import GLiClassConfig
@@ -22,11 +22,8 @@ GROUPS = ("arch", "backbone", "pooling", "scorer", "loss", "stage", "data", "tra
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf():
     """One Hydra initialisation for the whole module: composing is then cheap."""
-    GlobalHydra.instance().clear()
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with hydra_conf_dir():
         yield
-    GlobalHydra.instance().clear()
 
 
 def compose_train(overrides: list[str], hydra: bool = False):

@@ -4,14 +4,13 @@ architecture builds offline from a local config + tokenizer directory, and the R
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import hydra_conf_dir
+from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import AutoTokenizer, BertConfig, BertModel
@@ -26,11 +25,8 @@ FAKE_HUB_NAME = "example-org/no-such-backbone"  # not on the hub: any fetch of i
 
 @pytest.fixture(scope="module")
 def hydra_conf():
-    GlobalHydra.instance().clear()
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with hydra_conf_dir():
         yield
-    GlobalHydra.instance().clear()
 
 
 def compose_train(overrides: list[str], hydra: bool = False):

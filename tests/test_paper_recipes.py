@@ -7,14 +7,13 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
-import os
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import hydra_conf_dir
+from hydra import compose
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -58,11 +57,8 @@ TINY = {
 
 @pytest.fixture(scope="module", autouse=True)
 def hydra_conf():
-    GlobalHydra.instance().clear()
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with hydra_conf_dir():
         yield
-    GlobalHydra.instance().clear()
 
 
 def compose_train(overrides: list[str], tmp_path: Path | None = None):

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SHARED_DATA
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import SHARED_DATA, hydra_conf_dir
+from hydra import compose
 from omegaconf.errors import MissingMandatoryValue
 
 import gliclass.resolvers  # noqa: F401  (registers the config resolvers the data configs use)
@@ -75,11 +73,8 @@ def test_fold_configs_hold_out_and_score_their_families(fold):
 
 @pytest.fixture(scope="module")
 def compose_cfg():
-    GlobalHydra.instance().clear()
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with hydra_conf_dir():
         yield lambda overrides: compose(config_name="train", overrides=overrides)
-    GlobalHydra.instance().clear()
 
 
 @pytest.mark.parametrize("data", ["zeroshot", "zeroshot_all"])

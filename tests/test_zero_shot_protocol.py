@@ -3,13 +3,11 @@ by name, by text, or by near-duplicate text (paper Table 3: every benchmark is u
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from conftest import SHARED_DATA, hydra_conf_dir
+from hydra import compose
 from hydra.utils import instantiate
 
 import gliclass.resolvers  # noqa: F401  (registers the config resolvers the data configs use)
@@ -49,11 +47,8 @@ def _compose_all() -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def configs():
-    GlobalHydra.instance().clear()
-    os.environ.setdefault("PROJECT_ROOT", str(ROOT))
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with hydra_conf_dir():
         yield _compose_all()
-    GlobalHydra.instance().clear()
 
 
 def named_sources(data) -> list[str]:
