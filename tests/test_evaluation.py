@@ -404,3 +404,15 @@ def test_few_shot_several_models(tiny_dir: Path, second_tiny_dir: Path, data_dir
     table = (tmp_path / "out" / "few_shot.md").read_text()
     assert "| Model | Examples per label | senti | Avg |" in table
     assert "| a | 0 |" in table and "| b | 1 |" in table
+
+
+def test_git_commit_outside_a_checkout_comes_from_the_environment(tmp_path, monkeypatch):
+    """A copy without .git (a GPU machine's) records $GLICLASS_SOURCE_COMMIT, else "unknown"; a checkout ignores it."""
+    from gliclass.evaluation import common
+
+    monkeypatch.setenv("GLICLASS_SOURCE_COMMIT", "abc1234")
+    assert common.git_commit() != "abc1234"  # this checkout has .git: git decides
+    monkeypatch.setattr(common, "REPO_ROOT", tmp_path)
+    assert common.git_commit() == "abc1234"
+    monkeypatch.delenv("GLICLASS_SOURCE_COMMIT")
+    assert common.git_commit() == "unknown"

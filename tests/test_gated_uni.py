@@ -333,3 +333,36 @@ def test_gates_missing_from_a_checkpoint_start_closed(tmp_path):
     assert isinstance(gated.model, GatedFusedBiEncoder)
     assert torch.equal(gated.model.segment_gates.segment_gate, torch.zeros(2))
     assert gated.model.slot_gate.item() == 0.0
+
+
+@pytest.mark.parametrize("arch", ["uni-encoder", "bi-encoder-fused"])
+def test_gates_have_their_own_learning_rate(arch):
+    """optim.gate_lr: the gates form their own group (no weight decay), and one Adam step moves them by its rate."""
+    from gliclass.training.optim import parameter_groups
+
+    model, _ = tiny_model("bert", architecture_type=arch, pooling_strategy="avg", **GATED)
+    gates = {n for n, _ in model.named_parameters() if n.endswith(("segment_gate", "slot_gate"))}
+    assert gates and (arch != "bi-encoder-fused" or any(n.endswith("slot_gate") for n in gates))
+    groups = {g["name"]: g for g in parameter_groups(model, encoder_lr=1e-5, gate_lr=3e-3)}
+    assert groups["gates"]["lr"] == 3e-3 and groups["gates"]["weight_decay"] == 0.0
+    named = dict(model.named_parameters())
+    assert {id(p) for p in groups["gates"]["params"]} == {id(named[n]) for n in gates}
+    others = [p for name, g in groups.items() if name != "gates" for p in g["params"]]
+    assert not {id(p) for p in others} & {id(named[n]) for n in gates}
+    # null: the gates take the optimiser's (head) rate, still without decay
+    default = {g["name"]: g for g in parameter_groups(model, encoder_lr=1e-5)}
+    assert "lr" not in default["gates"] and default["gates"]["weight_decay"] == 0.0
+    optimizer = torch.optim.AdamW(list(groups.values()), lr=1e-4)
+    gate = model.model.segment_gates.segment_gate
+    gate.grad = torch.full_like(gate, -1.0)
+    optimizer.step()
+    torch.testing.assert_close(gate.detach(), torch.full_like(gate, 3e-3), rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="gate_lr"):
+        parameter_groups(model, encoder_lr=1e-5, gate_lr=0.0)
+
+
+def test_plain_models_have_no_gate_group():
+    from gliclass.training.optim import parameter_groups
+
+    model, _ = tiny_model("bert", architecture_type="bi-encoder", pooling_strategy="avg")
+    assert "gates" not in {g["name"] for g in parameter_groups(model, encoder_lr=1e-5, gate_lr=1e-3)}

@@ -162,3 +162,46 @@ def test_the_sweep_summary_of_a_cv_sweep_adds_the_cv_table(tmp_path):
     sweep.main([str(tmp_path), "--out", str(tmp_path / "out"), "--name", "cvsweep"])
     table = json.loads((tmp_path / "out" / "cvsweep_cv.json").read_text())
     assert table["experiment=recipe_cv"]["cv_margin"]["exported"] == pytest.approx(0.1)
+
+
+def test_cv_summary_over_several_sweeps_compares_with_the_baseline(tmp_path):
+    """One directory per variant (scripts/gpu/cv_batch.py): one table, Δ against the named baseline."""
+    for name, model in (("cv_base", 0.6), ("cv_alt", 0.63)):
+        for i, fold in enumerate(FOLDS):
+            _job(tmp_path / name, i, [f"run_name={name}", f"fold={fold}"], "completed", _metrics(model, 0.5, 0.5))
+    summary = cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_alt"), "--baseline", "run_name=cv_base"])
+    assert summary["run_name=cv_alt"]["cv_margin"]["exported"] == pytest.approx(0.13)
+    text = (tmp_path / "cv_base" / "cv.md").read_text()
+    assert "| `run_name=cv_alt` | +0.1300 | +0.0300 | +0.0000 | +0.0000 |" in text
+    with pytest.raises(SystemExit, match="exactly one"):
+        cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_alt"), "--baseline", "run_name=cv"])
+    with pytest.raises(SystemExit, match="more than one sweep"):
+        cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_base")])
+
+
+def test_gpu_batch_plan_builds_its_commands(tmp_path):
+    """scripts/gpu/cv_batch.py: every group of the committed plan is one run.py process (a multirun or one run), the
+    harness scores the export on the 10 paper sets, and the paper-set list matches the package's."""
+    import importlib.util
+
+    from gliclass.data.benchmarks import PAPER_BENCHMARKS
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("cv_batch", root / "scripts" / "gpu" / "cv_batch.py")
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    assert set(batch.PAPER_SETS) == set(PAPER_BENCHMARKS)
+    plan = yaml.safe_load((root / "experiments" / "plans" / "gpu_2026-12-04.yaml").read_text())
+    names = [g["name"] for g in plan["groups"]]
+    assert len(set(names)) == len(names) and "cv_baseline" in names
+    for group in plan["groups"]:
+        cmds = batch.commands(group, tmp_path, "python3")
+        assert cmds[0][:2] == ["python3", "run.py"]
+        if group.get("multirun"):
+            assert cmds[0][2] == "-m" and cmds[0][-1] == f"hydra.sweep.dir={tmp_path / group['name']}"
+        if group["name"].startswith("cv_"):
+            assert "experiment=recipe_cv" in cmds[0] and "fold=f0,f1,f2,f3,f4" in cmds[0]
+        if group.get("harness"):
+            assert "--datasets" in cmds[1] and cmds[1][cmds[1].index("--datasets") + 1] == ",".join(batch.PAPER_SETS)
+    with pytest.raises(SystemExit, match="run_name"):
+        batch.commands({"name": "x", "harness": True, "args": []}, tmp_path, "python3")

@@ -2,6 +2,11 @@
 
 python -m gliclass.evaluation.cv logs/train/multiruns/recipe_cv                  # <sweep dir>/cv.{md,json}
 python -m gliclass.evaluation.cv logs/train/multiruns/recipe_cv --out experiments/results/recipe_cv
+python -m gliclass.evaluation.cv runs/cv_baseline runs/cv_focal ... --baseline run_name=cv_baseline  # several sweeps
+
+Several sweep directories (one per variant, as scripts/gpu/cv_batch.py runs them) make one table; a variant may
+appear in only one of them. With --baseline (a substring of one variant's overrides), an overview first lists every
+variant's CV margin and its difference from that baseline's, measured in the same batch.
 
 Jobs are grouped into variants by their overrides other than `fold=`; each variant's table has one row per fold: the
 mean over the fold's held-out sets of macro-F1 minus `embed-sim`'s on the same rows, for the exported model
@@ -87,8 +92,45 @@ def summarize(variants: dict[str, dict[str, dict[str, Any]]], folds: Sequence[st
     return out
 
 
-def markdown(summary: dict) -> str:
+def read_sweeps(sweep_dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any]]]:
+    """`read_sweep` over several directories, one table; a variant found in two of them is an error."""
+    merged: dict[str, dict[str, dict[str, Any]]] = {}
+    for sweep_dir in sweep_dirs:
+        for variant, jobs in read_sweep(sweep_dir).items():
+            if variant in merged:
+                raise SystemExit(f"variant {variant!r} is in more than one sweep directory (the second: {sweep_dir})")
+            merged[variant] = jobs
+    return merged
+
+
+def find_baseline(summary: dict, baseline: str) -> str:
+    matches = [variant for variant in summary if baseline in variant.split()]
+    if len(matches) != 1:
+        raise SystemExit(f"--baseline {baseline!r} must name exactly one variant's override; it matches {matches}")
+    return matches[0]
+
+
+def overview(summary: dict, baseline: str | None) -> list[str]:
+    """One row per variant: its CV margins, the difference from the baseline's, and its exported fold margins."""
+    base = summary[baseline]["cv_margin"] if baseline else {}
+    lines = ["| variant | exported | Δ baseline | fine-tuned | Δ baseline | " + " | ".join(FOLDS) + " |"]
+    lines.append("|---|---:|---:|---:|---:|" + "---:|" * len(FOLDS))
+    for variant, data in summary.items():
+        cells = []
+        for system in SYSTEMS:
+            value = data["cv_margin"].get(system)
+            cells.append("incomplete" if value is None else f"{value:+.4f}")
+            delta = None if value is None or system not in base else value - base[system]
+            cells.append("" if delta is None else ("—" if variant == baseline else f"{delta:+.4f}"))
+        folds = [f"{data['folds'][f]['exported']['margin']:+.3f}" if f in data["folds"] else "—" for f in FOLDS]
+        lines.append(f"| `{variant}` | {' | '.join(cells)} | {' | '.join(folds)} |")
+    return lines + [""]
+
+
+def markdown(summary: dict, baseline: str | None = None) -> str:
     lines = ["# Leave-family-out cross-validation: margin over `embed-sim` (macro-F1), docs/recipe_cv.md", ""]
+    if len(summary) > 1 or baseline:
+        lines += overview(summary, baseline)
     for variant, data in summary.items():
         lines += [f"## `{variant}`", "", f"commit(s): {', '.join(data['git_commits'])}", ""]
         lines += ["| fold | held-out families | exported | fine-tuned |", "|---|---|---:|---:|"]
@@ -111,16 +153,18 @@ def markdown(summary: dict) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: the sweep directory)")
+    p.add_argument("sweep_dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the (first) sweep directory)")
     p.add_argument("--name", default="cv", help="file name stem (<out>/<name>.{md,json})")
+    p.add_argument("--baseline", default=None, help="one override naming the baseline variant, e.g. run_name=cv_base")
     args = p.parse_args(argv)
-    summary = summarize(read_sweep(args.sweep_dir))
-    out = args.out or args.sweep_dir
+    summary = summarize(read_sweeps(args.sweep_dirs))
+    baseline = find_baseline(summary, args.baseline) if args.baseline else None
+    out = args.out or args.sweep_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.name}.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    (out / f"{args.name}.md").write_text(markdown(summary))
-    print(markdown(summary))
+    (out / f"{args.name}.md").write_text(markdown(summary, baseline))
+    print(markdown(summary, baseline))
     return summary
 
 

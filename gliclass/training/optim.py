@@ -12,6 +12,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 # submodules holding pretrained encoders (text, label, encoder-decoder); everything else is the freshly built head
 ENCODER_MODULES = frozenset({"encoder_model", "label_encoder", "encoder_decoder_model"})
+# the gates of segment_attention="gated" (gliclass/modeling/segments.py): their own group, never decayed towards 0
+GATE_PARAMETERS = frozenset({"segment_gate", "slot_gate"})
 
 # decay factor after warmup, as a function of the progress through the decay phase (0 -> 1)
 SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -37,21 +39,35 @@ def no_decay_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
-def parameter_groups(model: nn.Module, encoder_lr: float, weight_decay: float = 0.01) -> list[dict[str, Any]]:
-    """Four named groups: encoder / head x decay / no decay. Head groups carry no `lr`, so they take the optimiser's.
+def is_gate_parameter(name: str) -> bool:
+    """The gated segment attention's gates (`segment_gates.segment_gate`, the fused `slot_gate`)."""
+    return name.rsplit(".", 1)[-1] in GATE_PARAMETERS
+
+
+def parameter_groups(
+    model: nn.Module, encoder_lr: float, weight_decay: float = 0.01, gate_lr: float | None = None
+) -> list[dict[str, Any]]:
+    """Named groups: encoder / head x decay / no decay, and `gates` (the gated segment attention's gates, no weight
+    decay, learning rate `gate_lr`; None: the optimiser's). Head groups carry no `lr`, so they take the optimiser's.
 
     Frozen parameters (e.g. outside LoRA adapters) are left out. Empty groups are dropped.
     """
+    if gate_lr is not None and not gate_lr > 0:
+        raise ValueError(f"gate_lr={gate_lr}: a learning rate must be > 0 (null: the head's)")
     no_decay = no_decay_parameter_names(model)
     groups: dict[str, dict[str, Any]] = {
         "encoder": {"lr": encoder_lr, "weight_decay": weight_decay},
         "encoder_no_decay": {"lr": encoder_lr, "weight_decay": 0.0},
         "head": {"weight_decay": weight_decay},
         "head_no_decay": {"weight_decay": 0.0},
+        "gates": {"weight_decay": 0.0} | ({} if gate_lr is None else {"lr": gate_lr}),
     }
     members: dict[str, list[nn.Parameter]] = {name: [] for name in groups}
     for name, param in model.named_parameters():
         if not param.requires_grad:
+            continue
+        if is_gate_parameter(name):
+            members["gates"].append(param)
             continue
         group = "encoder" if is_encoder_parameter(name) else "head"
         members[group + ("_no_decay" if name in no_decay else "")].append(param)
