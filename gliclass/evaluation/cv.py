@@ -4,8 +4,8 @@ python -m gliclass.evaluation.cv logs/train/multiruns/recipe_cv                 
 python -m gliclass.evaluation.cv logs/train/multiruns/recipe_cv --out experiments/results/recipe_cv
 python -m gliclass.evaluation.cv runs/cv_baseline runs/cv_focal ... --baseline run_name=cv_baseline  # several sweeps
 
-Several sweep directories (one per variant, as scripts/gpu/cv_batch.py runs them) make one table; a variant may
-appear in only one of them. With --baseline (a substring of one variant's overrides), an overview first lists every
+Several sweep directories (one per variant or per fold, as scripts/gpu/cv_batch.py runs them) make one table; a
+variant's fold may appear in only one of them. With --baseline (a substring of one variant's overrides), an overview first lists every
 variant's CV margin and its difference from that baseline's, measured in the same batch.
 
 Jobs are grouped into variants by their overrides other than `fold=`; each variant's table has one row per fold: the
@@ -93,13 +93,16 @@ def summarize(variants: dict[str, dict[str, dict[str, Any]]], folds: Sequence[st
 
 
 def read_sweeps(sweep_dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any]]]:
-    """`read_sweep` over several directories, one table; a variant found in two of them is an error."""
+    """`read_sweep` over several directories, one table: a variant's folds may come from different directories (one
+    process per fold); the same fold of a variant in two of them is an error."""
     merged: dict[str, dict[str, dict[str, Any]]] = {}
     for sweep_dir in sweep_dirs:
         for variant, jobs in read_sweep(sweep_dir).items():
-            if variant in merged:
-                raise SystemExit(f"variant {variant!r} is in more than one sweep directory (the second: {sweep_dir})")
-            merged[variant] = jobs
+            known = merged.setdefault(variant, {})
+            for fold, job in jobs.items():
+                if fold in known:
+                    raise SystemExit(f"{variant!r} {fold} is in more than one sweep directory (the second: {sweep_dir})")
+                known[fold] = job
     return merged
 
 
