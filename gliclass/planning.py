@@ -145,6 +145,11 @@ class RowPlanner:
         zeros = [0] * len(request.labels)
         # what a label costs beside the text (uni/fused) and in the decoder prompt (encoder-decoder)
         text_cost = {"uni-encoder": label_lengths, "bi-encoder-fused": [1] * len(request.labels)}.get(arch, zeros)
+        if proc.config.segment_attention == "gated" and arch in ("uni-encoder", "bi-encoder-fused"):
+            # each label is its own segment: the end token before it, its marker and (uni) its words
+            alone = [proc.segments("", [label], request.prompt, request.examples).string for label in request.labels]
+            lengths = self.tokens(alone)["input_ids"]
+            text_cost = [len(ids) - overhead for ids in lengths]
         dec_cost = label_lengths if arch == "encoder-decoder" else zeros
         dec_cap = budget - self.decoder_length([], request.prompt) if arch == "encoder-decoder" else math.inf
         reserve = self.text_window(num_text, budget - overhead, text_cost, len(request.labels))

@@ -366,3 +366,22 @@ def test_plain_models_have_no_gate_group():
 
     model, _ = tiny_model("bert", architecture_type="bi-encoder", pooling_strategy="avg")
     assert "gates" not in {g["name"] for g in parameter_groups(model, encoder_lr=1e-5, gate_lr=1e-3)}
+
+
+@pytest.mark.parametrize("arch", ["uni-encoder", "bi-encoder-fused"])
+def test_label_groups_count_each_segments_own_end_token(arch):
+    """The planner prices a label as its gated segment costs ([SEP] + marker + words; fused: [SEP] + marker), so a
+    row of many labels splits into groups that fit: counted as in the plain layout, 150 labels at budget 512 came out
+    in groups too long for any text (LabelBudgetError in a clinc150 evaluation)."""
+    model, proc = tiny_model("bert", architecture_type=arch, pooling_strategy="avg", **GATED)
+    labels = [f"topic{i}" for i in range(60)]
+    short = copy.copy(proc)
+    short.budget = 64
+    pipe = ZeroShotPipeline(model, short)
+    for text in TEXTS[:2]:  # a short text leaves the labels most of the budget; a long one is cut into chunks
+        rows = pipe.plan([text], labels)[0]
+        assert len(rows) > 1 and all(row["tokens"] <= 64 for row in rows), [row["tokens"] for row in rows]
+        assert sorted(pipe.scores([text], labels)[0]) == sorted(labels)
+    whole = ZeroShotPipeline(model, proc).logits([TEXTS[0]], labels[:8])[0]["logits"]
+    grouped = ZeroShotPipeline(model, short).logits([TEXTS[0]], labels[:8])[0]["logits"]
+    assert max(abs(whole[x] - grouped[x]) for x in labels[:8]) <= 1e-5  # the closed gate: grouping changes nothing

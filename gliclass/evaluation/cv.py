@@ -101,7 +101,9 @@ def read_sweeps(sweep_dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any
             known = merged.setdefault(variant, {})
             for fold, job in jobs.items():
                 if fold in known:
-                    raise SystemExit(f"{variant!r} {fold} is in more than one sweep directory (the second: {sweep_dir})")
+                    raise SystemExit(
+                        f"{variant!r} {fold} is in more than one sweep directory (the second: {sweep_dir})"
+                    )
                 known[fold] = job
     return merged
 
