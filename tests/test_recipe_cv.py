@@ -210,3 +210,11 @@ def test_gpu_batch_plan_builds_its_commands(tmp_path):
             assert "--datasets" in cmds[1] and cmds[1][cmds[1].index("--datasets") + 1] == ",".join(batch.PAPER_SETS)
     with pytest.raises(SystemExit, match="run_name"):
         batch.commands({"name": "x", "harness": True, "args": []}, tmp_path, "python3")
+
+
+def test_the_default_recipe_holds_the_cv_decisions(compose_cfg):
+    """docs/recipe_cv.md's decision table, as the default run composes it: the all-sets mix at 560 rows per family
+    (decisions 1 and 4), alpha 0.5 (2), encoder lr 3e-5 (3)."""
+    cfg = compose_cfg([])
+    assert cfg.data.rows_per_family == 560 and len(cfg.data.benchmarks) == 28
+    assert cfg.weight_ensemble_alpha == 0.5 and cfg.optim.encoder_lr == 3e-5 and cfg.optim.gate_lr is None
