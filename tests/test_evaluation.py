@@ -406,12 +406,16 @@ def test_few_shot_several_models(tiny_dir: Path, second_tiny_dir: Path, data_dir
     assert "| a | 0 |" in table and "| b | 1 |" in table
 
 
-def test_git_commit_outside_a_checkout_comes_from_the_environment(tmp_path, monkeypatch):
-    """A copy without .git (a GPU machine's) records $GLICLASS_SOURCE_COMMIT, else "unknown"; a checkout ignores it."""
+def test_git_commit_of_a_shipped_copy_comes_from_the_environment(tmp_path, monkeypatch):
+    """$GLICLASS_SOURCE_COMMIT (set by the GPU wrapper from a clean tree) wins, also where the copy has a stale .git
+    (the device machine's copy held the session's first commit, so its git said "a421ecd+dirty" for 7cbf7b5's runs);
+    without it, git decides, and outside a checkout the commit is "unknown"."""
     from gliclass.evaluation import common
 
+    monkeypatch.delenv("GLICLASS_SOURCE_COMMIT", raising=False)
+    assert common.git_commit() not in ("unknown", "abc1234")  # this checkout: git decides
     monkeypatch.setenv("GLICLASS_SOURCE_COMMIT", "abc1234")
-    assert common.git_commit() != "abc1234"  # this checkout has .git: git decides
+    assert common.git_commit() == "abc1234"
     monkeypatch.setattr(common, "REPO_ROOT", tmp_path)
     assert common.git_commit() == "abc1234"
     monkeypatch.delenv("GLICLASS_SOURCE_COMMIT")

@@ -119,11 +119,14 @@ def fresh_minilm(architecture: str = "uni-encoder") -> Path:
 
 
 def git_commit() -> str:
-    """The repository's short commit hash, with "+dirty" when the tree has uncommitted changes. Outside a git
-    checkout: $GLICLASS_SOURCE_COMMIT when set (a copy of a clean checkout shipped elsewhere, e.g. to a GPU machine by
-    scripts/gpu/cv_batch.sh, which writes it only from a clean tree), else "unknown"."""
+    """The repository's short commit hash, with "+dirty" when the tree has uncommitted changes ("unknown" outside a
+    git checkout). $GLICLASS_SOURCE_COMMIT, when set, is taken instead: a copy of a clean checkout shipped to another
+    machine (scripts/gpu/cv_batch.sh sets it from .gpucarry/SOURCE, which cv_batch_prep.sh writes only from a clean
+    tree), where a `.git` may be missing or stale."""
+    if os.environ.get("GLICLASS_SOURCE_COMMIT"):
+        return os.environ["GLICLASS_SOURCE_COMMIT"]
     if not (REPO_ROOT / ".git").exists():
-        return os.environ.get("GLICLASS_SOURCE_COMMIT") or "unknown"
+        return "unknown"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
