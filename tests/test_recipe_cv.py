@@ -218,3 +218,24 @@ def test_the_default_recipe_holds_the_cv_decisions(compose_cfg):
     cfg = compose_cfg([])
     assert cfg.data.rows_per_family == 560 and len(cfg.data.benchmarks) == 28
     assert cfg.weight_ensemble_alpha == 0.5 and cfg.optim.encoder_lr == 3e-5 and cfg.optim.gate_lr is None
+
+
+def test_a_fold_rerun_that_pins_a_changed_default_joins_its_variant_only_if_it_resolved_alike(tmp_path):
+    """--same-if-resolved data.rows_per_family: a fold re-run with data.rows_per_family=280 (pinned because the default
+    became 560 after the other folds ran at 280) is the same variant; one that resolved 560 is refused."""
+
+    def job(root, num, overrides, rows):
+        _job(root, num, overrides, "completed", _metrics(0.6, 0.5, 0.5))
+        (root / str(num) / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"rows_per_family": rows}}))
+
+    for i, fold in enumerate(list(FOLDS)[:-1]):
+        job(tmp_path / "batch", i, ["run_name=v", f"fold={fold}"], 280)
+    last = list(FOLDS)[-1]
+    job(tmp_path / "rerun", 0, ["run_name=v", "data.rows_per_family=280", f"fold={last}"], 280)
+    dirs = [str(tmp_path / "batch"), str(tmp_path / "rerun")]
+    assert cv.main(dirs)["run_name=v"]["missing"]  # without the option: two variants, neither complete
+    merged = cv.main([*dirs, "--same-if-resolved", "data.rows_per_family"])
+    assert merged["run_name=v"]["cv_margin"]["exported"] == pytest.approx(0.1)
+    job(tmp_path / "wrong", 0, ["run_name=v", "data.rows_per_family=560", f"fold={last}"], 560)
+    with pytest.raises(SystemExit, match="resolved data.rows_per_family differently"):
+        cv.main([str(tmp_path / "batch"), str(tmp_path / "wrong"), "--same-if-resolved", "data.rows_per_family"])

@@ -46,15 +46,24 @@ def fold_margins(metrics: dict[str, float], prefix: str) -> tuple[float, dict[st
     return sum(m - b for m, b in per_set.values()) / len(per_set), per_set
 
 
-def read_sweep(sweep_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
-    """{variant (overrides other than the fold, joined): {fold: {status, metrics, dir, error}}}."""
+def read_sweep(sweep_dir: Path, same_if_resolved: Sequence[str] = ()) -> dict[str, dict[str, dict[str, Any]]]:
+    """{variant (overrides other than the fold, joined): {fold: {status, metrics, dir, error}}}.
+
+    `same_if_resolved`: config keys whose overrides are left out of the variant name (a fold re-run that had to pin
+    a default changed since the other folds ran); `read_sweeps` then checks that every job of the variant resolved
+    each such key to the same value."""
     variants: dict[str, dict[str, dict[str, Any]]] = {}
     for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
         overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
         folds = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "fold"]
         if len(folds) != 1:
             raise SystemExit(f"{job_dir}: not a cross-validation job (its overrides name no single fold={overrides})")
-        variant = " ".join(o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "fold") or "(as configured)"
+        keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("fold", *same_if_resolved)]
+        variant = " ".join(keep) or "(as configured)"
+        resolved = {}
+        if same_if_resolved:
+            config = OmegaConf.load(job_dir / ".hydra" / "config.yaml")
+            resolved = {key: OmegaConf.select(config, key, default="<unset>") for key in same_if_resolved}
         result = job_dir / "result.json"
         record = json.loads(result.read_text()) if result.is_file() else {"status": "not started"}
         variants.setdefault(variant, {})[folds[0]] = {
@@ -63,6 +72,7 @@ def read_sweep(sweep_dir: Path) -> dict[str, dict[str, dict[str, Any]]]:
             "dir": str(job_dir),
             "error": record.get("error"),
             "git_commit": record.get("git_commit"),
+            "resolved": resolved,
         }
     if not variants:
         raise SystemExit(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) found")
@@ -92,12 +102,15 @@ def summarize(variants: dict[str, dict[str, dict[str, Any]]], folds: Sequence[st
     return out
 
 
-def read_sweeps(sweep_dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any]]]:
+def read_sweeps(
+    sweep_dirs: Sequence[Path], same_if_resolved: Sequence[str] = ()
+) -> dict[str, dict[str, dict[str, Any]]]:
     """`read_sweep` over several directories, one table: a variant's folds may come from different directories (one
-    process per fold); the same fold of a variant in two of them is an error."""
+    process per fold); the same fold of a variant in two of them is an error, as is a variant whose jobs resolved a
+    `same_if_resolved` key differently."""
     merged: dict[str, dict[str, dict[str, Any]]] = {}
     for sweep_dir in sweep_dirs:
-        for variant, jobs in read_sweep(sweep_dir).items():
+        for variant, jobs in read_sweep(sweep_dir, same_if_resolved).items():
             known = merged.setdefault(variant, {})
             for fold, job in jobs.items():
                 if fold in known:
@@ -105,6 +118,13 @@ def read_sweeps(sweep_dirs: Sequence[Path]) -> dict[str, dict[str, dict[str, Any
                         f"{variant!r} {fold} is in more than one sweep directory (the second: {sweep_dir})"
                     )
                 known[fold] = job
+    for variant, jobs in merged.items():
+        for key in same_if_resolved:
+            values = {fold: job["resolved"][key] for fold, job in jobs.items()}
+            if len(set(map(str, values.values()))) > 1:
+                raise SystemExit(
+                    f"{variant!r}: its jobs resolved {key} differently ({values}), so they are not one variant"
+                )
     return merged
 
 
@@ -162,8 +182,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the (first) sweep directory)")
     p.add_argument("--name", default="cv", help="file name stem (<out>/<name>.{md,json})")
     p.add_argument("--baseline", default=None, help="one override naming the baseline variant, e.g. run_name=cv_base")
+    p.add_argument(
+        "--same-if-resolved",
+        nargs="*",
+        default=[],
+        metavar="KEY",
+        help="leave overrides of KEY out of variant names, checking that the variant's jobs resolved KEY alike",
+    )
     args = p.parse_args(argv)
-    summary = summarize(read_sweeps(args.sweep_dirs))
+    summary = summarize(read_sweeps(args.sweep_dirs, args.same_if_resolved))
     baseline = find_baseline(summary, args.baseline) if args.baseline else None
     out = args.out or args.sweep_dirs[0]
     out.mkdir(parents=True, exist_ok=True)
