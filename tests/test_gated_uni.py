@@ -385,3 +385,25 @@ def test_label_groups_count_each_segments_own_end_token(arch):
     whole = ZeroShotPipeline(model, proc).logits([TEXTS[0]], labels[:8])[0]["logits"]
     grouped = ZeroShotPipeline(model, short).logits([TEXTS[0]], labels[:8])[0]["logits"]
     assert max(abs(whole[x] - grouped[x]) for x in labels[:8]) <= 1e-5  # the closed gate: grouping changes nothing
+
+
+@pytest.mark.parametrize(
+    "overrides,arch,gated",
+    [
+        (["arch=uni"], "uni-encoder", True),
+        (["arch=fused"], "bi-encoder-fused", True),
+        (["arch=uni_plain"], "uni-encoder", False),
+        (["arch=fused_plain"], "bi-encoder-fused", False),
+        (["experiment=paper_base"], "uni-encoder", False),  # the paper recipes export what the official package reads
+    ],
+)
+def test_new_uni_and_fused_models_are_gated_and_the_official_layouts_stay_named(overrides, arch, gated):
+    from conftest import hydra_conf_dir
+    from hydra import compose
+    from hydra.core.global_hydra import GlobalHydra
+
+    with hydra_conf_dir():
+        cfg = compose("train", overrides=overrides)
+    assert not GlobalHydra.instance().is_initialized()
+    assert cfg.model.config.architecture_type == arch
+    assert (cfg.model.config.get("segment_attention") == "gated") is gated
