@@ -177,6 +177,9 @@ def test_cv_summary_over_several_sweeps_compares_with_the_baseline(tmp_path):
         cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_alt"), "--baseline", "run_name=cv"])
     with pytest.raises(SystemExit, match="more than one sweep"):
         cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_base")])
+    (tmp_path / "cv_base.log").write_text("a group's console log beside its directory\n")
+    with pytest.raises(SystemExit, match="cv_base.log: not a sweep directory"):
+        cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_base.log")])
     # one directory per fold: the folds of one variant merge
     for i, fold in enumerate(FOLDS):
         _job(tmp_path / f"split_{fold}", i, ["run_name=cv_split", f"fold={fold}"], "completed", _metrics(0.7, 0.5, 0.5))

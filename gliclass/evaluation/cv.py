@@ -53,6 +53,8 @@ def read_sweep(sweep_dir: Path, same_if_resolved: Sequence[str] = ()) -> dict[st
     a default changed since the other folds ran); `read_sweeps` then checks that every job of the variant resolved
     each such key to the same value."""
     variants: dict[str, dict[str, dict[str, Any]]] = {}
+    if not sweep_dir.is_dir():
+        raise SystemExit(f"{sweep_dir}: not a sweep directory")
     for job_dir in sorted(p for p in sweep_dir.iterdir() if (p / ".hydra" / "overrides.yaml").is_file()):
         overrides = [str(o) for o in OmegaConf.load(job_dir / ".hydra" / "overrides.yaml")]
         folds = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == "fold"]
