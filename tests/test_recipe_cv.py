@@ -175,7 +175,7 @@ def test_cv_summary_over_several_sweeps_compares_with_the_baseline(tmp_path):
     assert "| `run_name=cv_alt` | +0.1300 | +0.0300 | +0.0000 | +0.0000 |" in text
     with pytest.raises(SystemExit, match="exactly one"):
         cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_alt"), "--baseline", "run_name=cv"])
-    with pytest.raises(SystemExit, match="more than one sweep"):
+    with pytest.raises(SystemExit, match="more than one sweep.*both completed"):
         cv.main([str(tmp_path / "cv_base"), str(tmp_path / "cv_base")])
     (tmp_path / "cv_base.log").write_text("a group's console log beside its directory\n")
     with pytest.raises(SystemExit, match="cv_base.log: not a sweep directory"):
@@ -240,5 +240,14 @@ def test_a_fold_rerun_that_pins_a_changed_default_joins_its_variant_only_if_it_r
     merged = cv.main([*dirs, "--same-if-resolved", "data.rows_per_family"])
     assert merged["run_name=v"]["cv_margin"]["exported"] == pytest.approx(0.1)
     job(tmp_path / "wrong", 0, ["run_name=v", "data.rows_per_family=560", f"fold={last}"], 560)
+    # the batch's own last fold, stopped at its deadline, is superseded by the completed re-run
+    _job(tmp_path / "batch", 9, ["run_name=v", f"fold={last}"], "running")
+    (tmp_path / "batch" / "9" / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"data": {"rows_per_family": 280}}))
+    rerun = cv.main([*dirs, "--same-if-resolved", "data.rows_per_family"])["run_name=v"]
+    assert rerun["cv_margin"]["exported"] == pytest.approx(0.1)
+    _job(tmp_path / "stopped_a", 0, ["run_name=w", f"fold={last}"], "running")
+    _job(tmp_path / "stopped_b", 0, ["run_name=w", f"fold={last}"], "failed")
+    with pytest.raises(SystemExit, match="neither completed"):
+        cv.main([str(tmp_path / "stopped_a"), str(tmp_path / "stopped_b")])
     with pytest.raises(SystemExit, match="resolved data.rows_per_family differently"):
         cv.main([str(tmp_path / "batch"), str(tmp_path / "wrong"), "--same-if-resolved", "data.rows_per_family"])

@@ -108,17 +108,22 @@ def read_sweeps(
     sweep_dirs: Sequence[Path], same_if_resolved: Sequence[str] = ()
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """`read_sweep` over several directories, one table: a variant's folds may come from different directories (one
-    process per fold); the same fold of a variant in two of them is an error, as is a variant whose jobs resolved a
-    `same_if_resolved` key differently."""
+    process per fold, or a re-run of a fold that failed or was stopped, which then supersedes it); the same fold
+    completed in two of them is an error, as is a variant whose jobs resolved a `same_if_resolved` key differently."""
     merged: dict[str, dict[str, dict[str, Any]]] = {}
     for sweep_dir in sweep_dirs:
         for variant, jobs in read_sweep(sweep_dir, same_if_resolved).items():
             known = merged.setdefault(variant, {})
             for fold, job in jobs.items():
                 if fold in known:
-                    raise SystemExit(
-                        f"{variant!r} {fold} is in more than one sweep directory (the second: {sweep_dir})"
-                    )
+                    done = [j for j in (known[fold], job) if j["status"] == "completed"]
+                    if len(done) != 1:
+                        raise SystemExit(
+                            f"{variant!r} {fold} is in more than one sweep directory (the second: {sweep_dir}), "
+                            f"{'both completed' if done else 'neither completed'}"
+                        )
+                    # a re-run of a fold that failed or was stopped supersedes it
+                    job = done[0] | {"superseded": (known[fold] if done[0] is job else job)["dir"]}
                 known[fold] = job
     for variant, jobs in merged.items():
         for key in same_if_resolved:
