@@ -12,6 +12,7 @@ import pytest
 import yaml
 from conftest import SHARED_DATA, hydra_conf_dir
 from hydra import compose
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import gliclass.resolvers  # noqa: F401  (registers the config resolvers the data configs use)
@@ -199,20 +200,53 @@ def test_gpu_batch_plan_builds_its_commands(tmp_path):
     batch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(batch)
     assert set(batch.PAPER_SETS) == set(PAPER_BENCHMARKS)
-    plan = yaml.safe_load((root / "experiments" / "plans" / "gpu_2026-12-04.yaml").read_text())
-    names = [g["name"] for g in plan["groups"]]
-    assert len(set(names)) == len(names) and "cv_baseline" in names
-    for group in plan["groups"]:
+    plans = sorted((root / "experiments" / "plans").glob("*.yaml"))
+    assert len(plans) >= 3
+    groups = []
+    for path in plans:
+        plan = yaml.safe_load(path.read_text())
+        names = [g["name"] for g in plan["groups"]]
+        assert len(set(names)) == len(names), path.name
+        groups += plan["groups"]
+    for group in groups:
         cmds = batch.commands(group, tmp_path, "python3")
         assert cmds[0][:2] == ["python3", "run.py"]
         if group.get("multirun"):
             assert cmds[0][2] == "-m" and cmds[0][-1] == f"hydra.sweep.dir={tmp_path / group['name']}"
         if group["name"].startswith("cv_"):
-            assert "experiment=recipe_cv" in cmds[0] and "fold=f0,f1,f2,f3,f4" in cmds[0]
+            folds = next(a.split("=", 1)[1] for a in cmds[0] if a.startswith("fold="))
+            assert "experiment=recipe_cv" in cmds[0] and set(folds.split(",")) <= set(FOLDS)
         if group.get("harness"):
             assert "--datasets" in cmds[1] and cmds[1][cmds[1].index("--datasets") + 1] == ",".join(batch.PAPER_SETS)
     with pytest.raises(SystemExit, match="run_name"):
         batch.commands({"name": "x", "harness": True, "args": []}, tmp_path, "python3")
+
+
+def test_the_next_plans_variants_compose_and_change_one_setting(compose_cfg):
+    """experiments/plans/gpu_2026-12-05.yaml (decisions 19-26): every variant composes on a fold (its override names
+    a real config key) and differs from the baseline's config in its own setting(s) only."""
+    root = Path(__file__).resolve().parents[1]
+    plan = yaml.safe_load((root / "experiments" / "plans" / "gpu_2026-12-05.yaml").read_text())
+
+    def flat(cfg, prefix=""):
+        out = {}
+        for key, value in cfg.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return out
+
+    def config(args):
+        overrides = [a for a in args if not a.startswith("fold=")] + ["fold=f0"]
+        return flat(OmegaConf.to_container(compose_cfg(overrides), resolve=False))
+
+    base = config(next(g["args"] for g in plan["groups"] if g["name"] == "cv_baseline"))
+    for group in plan["groups"]:
+        if group["name"] == "cv_baseline":
+            continue
+        changed = {key for key, value in config(group["args"]).items() if base.get(key, "<absent>") != value}
+        setting = {
+            a.split("=", 1)[0] for a in group["args"] if "=" in a and a.split("=", 1)[0] not in ("fold", "experiment")
+        }
+        assert changed - {"run_name"} and changed <= setting | {"run_name"}, (group["name"], changed)
 
 
 def test_the_default_recipe_holds_the_cv_decisions(compose_cfg):

@@ -33,6 +33,7 @@ def build_model_and_processor(
     gradient_checkpointing: bool = False,
     attn_implementation: str | None = None,
     compile: bool = False,
+    freeze_layers: int = 0,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """A fresh GLiClass model (pretrained backbone, new head) and its processor.
 
@@ -44,6 +45,8 @@ def build_model_and_processor(
     `tie_encoders`: a bi-encoder's text and label towers become one module (see `tie_towers`).
     `freeze_word_embeddings`: the backbones' token embedding tables are not trained (see `freeze_embeddings`).
     `freeze_label_encoder`: a bi-encoder's label tower (its backbone) is not trained (see `freeze_label_tower`).
+    `freeze_layers`: every backbone's embeddings and lowest `freeze_layers` layers are not trained
+    (see `freeze_lower_layers`).
     `label_template`: the label tower reads each label inside this sentence (`GLiClassProcessor`), in training and
     in every use of the export.
     `gradient_checkpointing`, `attn_implementation`, `compile`: GPU throughput switches (`apply_throughput_options`).
@@ -65,6 +68,8 @@ def build_model_and_processor(
         **_plain(config),
     )
     apply_tower_options(model, tie_encoders, freeze_word_embeddings, freeze_label_encoder=freeze_label_encoder)
+    if freeze_layers:
+        freeze_lower_layers(model, freeze_layers)
     apply_throughput_options(model, gradient_checkpointing, attn_implementation, compile)
     return model, processor
 
@@ -185,6 +190,47 @@ def tie_towers(model: GLiClassModel, require_equal: bool = False) -> None:
 def _require_bi_encoder(model: GLiClassModel, option: str) -> None:
     if model.config.architecture_type != "bi-encoder":
         raise ValueError(f"{option} needs architecture_type='bi-encoder', got {model.config.architecture_type!r}")
+
+
+def backbone_layers(tower: nn.Module) -> nn.ModuleList:
+    """A backbone's transformer layers, first layer first: its first ModuleList of `num_hidden_layers` modules (BERT's
+    and DeBERTa's `encoder.layer`, ModernBERT's `layers`, an encoder-decoder's encoder blocks)."""
+    count = getattr(getattr(tower, "config", None), "num_hidden_layers", None)
+    for module in tower.modules():
+        if isinstance(module, nn.ModuleList) and count is not None and len(module) == count:
+            return module
+    raise ValueError(f"freeze_layers: cannot find the layers of the {type(tower).__name__} backbone")
+
+
+def freeze_lower_layers(model: GLiClassModel, layers: int) -> int:
+    """Stop training every backbone's embeddings (token, position, type, their norm) and its lowest `layers` layers;
+    returns how many tensors were frozen. The upper layers and the head still learn: the lower layers keep the
+    backbone's general features for datasets unlike the training mix. Tied towers are one backbone."""
+    if isinstance(layers, bool) or not isinstance(layers, int) or layers < 0:
+        raise ValueError(f"freeze_layers={layers!r}: the number of lowest layers to freeze, an int >= 0")
+    towers = {
+        id(tower): tower
+        for tower in (
+            getattr(model.model, name, None) for name in ("encoder_model", "label_encoder", "encoder_decoder_model")
+        )
+        if isinstance(tower, PreTrainedModel)
+    }
+    if layers and not towers:
+        raise ValueError("freeze_layers: the model has no pretrained backbone")
+    frozen = 0
+    for tower in towers.values():
+        stack = backbone_layers(tower)
+        if layers > len(stack):
+            raise ValueError(
+                f"freeze_layers={layers}: the {type(tower).__name__} backbone has only {len(stack)} layers"
+            )
+        embeddings = getattr(tower, "embeddings", None) or tower.get_input_embeddings()
+        for module in [embeddings, *stack[:layers]] if layers else []:
+            for param in module.parameters():
+                if param.requires_grad:
+                    param.requires_grad_(False)
+                    frozen += 1
+    return frozen
 
 
 def freeze_embeddings(model: GLiClassModel) -> int:

@@ -23,6 +23,7 @@ from gliclass.modeling.losses import GLiClassLoss
 from gliclass.modeling.segments import gate_log_values
 from gliclass.training.distill import Teacher
 from gliclass.training.metrics import LabelF1, decide
+from gliclass.training.optim import is_encoder_parameter
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +111,11 @@ class GLiClassModule(LightningModule):
         max_skipped_fraction: float = 0.05,
         min_batches: int = 100,
         distill: Teacher | None = None,
+        start_decay: float = 0.0,
     ) -> None:
         super().__init__()
+        if not start_decay >= 0:
+            raise ValueError(f"start_decay={start_decay}: a decay strength must be >= 0 (0: off)")
         # plain values only, so checkpoints load with torch.load(weights_only=True); the logger gets the whole run
         # config from run.py instead
         self.save_hyperparameters(ignore=list(self.NOT_HYPERPARAMETERS), logger=False)
@@ -135,6 +139,10 @@ class GLiClassModule(LightningModule):
         self._backward_failure: str | None = None  # set by `backward`, consumed by `on_before_optimizer_step`
         self.test_prefix = "test"
         self.eval_datasets: list[tuple[str, bool]] = []  # (name, multi_label) per test dataloader
+        # decoupled L2 towards the starting weights of the pretrained encoders (L2-SP): after every optimiser step,
+        # w <- w - lr * start_decay * (w - w_start), at each parameter's own learning rate. 0: off
+        self.start_decay = start_decay
+        self._start_weights: dict[int, torch.Tensor] = {}  # id(param) -> its starting value (not checkpointed)
 
     # ----------------------------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -147,6 +155,21 @@ class GLiClassModule(LightningModule):
         for name in names:
             if name not in self.test_metrics:
                 self.test_metrics[name] = LabelF1()
+        if stage == "fit" and self.start_decay > 0 and not self.automatic_optimization:
+            raise ValueError(
+                f"start_decay={self.start_decay}: the decay towards the start follows Lightning's automatic optimiser "
+                f"steps, which {type(self).__name__} does not take (stage=mid's PPO); set optim.start_decay=0"
+            )
+        if stage == "fit" and self.start_decay > 0 and not self._start_weights:
+            # Lightning restores a checkpoint's weights after this hook: a resumed run keeps the anchor of the run it
+            # continues (the weights as built, which the seeded build reproduces), not the resumed weights
+            self._start_weights = {
+                id(param): param.detach().clone()
+                for name, param in self.model.named_parameters()
+                if param.requires_grad and is_encoder_parameter(name)
+            }
+            if not self._start_weights:
+                raise ValueError("start_decay > 0, but the model has no trainable pretrained-encoder parameter")
 
     @contextmanager
     def logging_as(self, prefix: str):
@@ -370,6 +393,25 @@ class GLiClassModule(LightningModule):
             log.info("fp16 loss scaling: the optimiser is built with fused=False (Lightning cannot clip a fused one)")
             return {"fused": False}
         return {}
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.start_decay > 0:
+            self.decay_to_start(args[2] if len(args) > 2 else kwargs["optimizer"])
+
+    @torch.no_grad()
+    def decay_to_start(self, optimizer: torch.optim.Optimizer) -> None:
+        """w <- w - lr * start_decay * (w - w_start) for every pretrained-encoder weight that took this step (a
+        skipped batch leaves no gradient, and no decay; a step that fp16 loss scaling skips for an inf gradient still
+        decays). The step of AdamW's own decay, aimed at the start, not 0."""
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                start = self._start_weights.get(id(param))
+                if start is None or param.grad is None:
+                    continue
+                if start.device != param.device:  # the snapshot is taken before Lightning moves the model
+                    start = self._start_weights[id(param)] = start.to(param.device)
+                param.add_(param - start.to(param.dtype), alpha=-group["lr"] * self.start_decay)
 
     def configure_optimizers(self) -> dict[str, Any]:
         groups = self.model.parameters()

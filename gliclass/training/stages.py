@@ -29,7 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from gliclass.modeling import GLiClassModel
 from gliclass.processing import GLiClassProcessor
-from gliclass.training.build import apply_throughput_options, apply_tower_options, build_model_and_processor
+from gliclass.training.build import (
+    apply_throughput_options,
+    apply_tower_options,
+    build_model_and_processor,
+    freeze_lower_layers,
+)
 from gliclass.training.lora import LoraModule, check_preset_fits_backbone
 
 log = logging.getLogger(__name__)
@@ -48,10 +53,12 @@ def build_model_and_processor_from(
     gradient_checkpointing: bool = False,
     attn_implementation: str | None = None,
     compile: bool = False,
+    freeze_layers: int = 0,
 ) -> tuple[GLiClassModel, GLiClassProcessor]:
     """The previous stage's model and processor, or a fresh one (`build_model_and_processor`, with `head_init`) when
     `init_from` is None. An export directory brings its own architecture config; a `.ckpt` is loaded into the
-    configured one. `tie_encoders`, `freeze_word_embeddings`, `freeze_label_encoder` and `label_template` apply as in
+    configured one. `tie_encoders`, `freeze_word_embeddings`, `freeze_label_encoder`, `freeze_layers` and
+    `label_template` apply as in
     `build_model_and_processor`; from an export, a null `label_template` keeps the export's own, and tying needs its
     two towers to hold equal weights (as a tied run exports them). `gradient_checkpointing`, `attn_implementation`
     and `compile` are the throughput switches of `apply_throughput_options`, applied in every case."""
@@ -67,6 +74,7 @@ def build_model_and_processor_from(
             label_template,
             freeze_label_encoder,
             *throughput,
+            freeze_layers=freeze_layers,
         )
     path = Path(init_from)
     if path.is_dir():
@@ -84,6 +92,8 @@ def build_model_and_processor_from(
     apply_tower_options(
         model, tie_encoders, freeze_word_embeddings, trained=True, freeze_label_encoder=freeze_label_encoder
     )
+    if freeze_layers:
+        freeze_lower_layers(model, freeze_layers)
     apply_throughput_options(model, *throughput)
     return model, processor
 
