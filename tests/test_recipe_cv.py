@@ -257,6 +257,22 @@ def test_the_default_recipe_holds_the_cv_decisions(compose_cfg):
     assert cfg.weight_ensemble_alpha == 0.5 and cfg.optim.encoder_lr == 3e-5 and cfg.optim.gate_lr is None
 
 
+def test_edge_cpu_is_the_cv_chosen_recipe(compose_cfg):
+    """Decision 18: the release recipe trains exactly what the default run trains (1120 rows per family did not beat
+    560 on the CV); only its name, tags and time budget differ."""
+
+    def flat(cfg, prefix=""):
+        out = {}
+        for key, value in cfg.items():
+            out |= flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+        return out
+
+    default = flat(OmegaConf.to_container(compose_cfg([]), resolve=False))
+    edge = flat(OmegaConf.to_container(compose_cfg(["experiment=edge_cpu"]), resolve=False))
+    differ = {key for key in default.keys() | edge.keys() if default.get(key, "<absent>") != edge.get(key, "<absent>")}
+    assert differ == {"run_name", "tags", "trainer.max_time"}, differ
+
+
 def test_a_fold_rerun_that_pins_a_changed_default_joins_its_variant_only_if_it_resolved_alike(tmp_path):
     """--same-if-resolved data.rows_per_family: a fold re-run with data.rows_per_family=280 (pinned because the default
     became 560 after the other folds ran at 280) is the same variant; one that resolved 560 is refused."""
