@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 import gliclass.resolvers  # noqa: F401  (registers the config resolvers the data configs use)
-from gliclass.data.benchmarks import PAPER_BENCHMARKS, list_benchmarks
+from gliclass.data.benchmarks import PAPER_BENCHMARKS, list_benchmarks, read_benchmark
 from gliclass.data.datamodule import GLiClassDataModule
 from gliclass.data.families import FAMILIES, FAMILY_OF, FOLDS, family_of, fold_datasets, held_out_leaks
 from gliclass.evaluation import cv
@@ -301,3 +301,38 @@ def test_a_fold_rerun_that_pins_a_changed_default_joins_its_variant_only_if_it_r
         cv.main([str(tmp_path / "stopped_a"), str(tmp_path / "stopped_b")])
     with pytest.raises(SystemExit, match="resolved data.rows_per_family differently"):
         cv.main([str(tmp_path / "batch"), str(tmp_path / "wrong"), "--same-if-resolved", "data.rows_per_family"])
+
+
+def test_multi_label_rows_drop_leaves_them_out_before_the_sample_and_counts_them():
+    """data.multi_label_rows (issue 22, item 2): drop leaves every training row with several true labels out of the
+    mix before the seeded sample, so the set still gives its `limit` rows; keep trains on them as they are."""
+
+    def mix(mode):
+        datamodule = GLiClassDataModule(
+            benchmarks=["sem_eval_2018_ec:train:60"], multi_label_rows=mode, exclude_near_duplicates=False, seed=3
+        )
+        return datamodule, datamodule.build_mix()
+
+    kept_dm, kept = mix("keep")
+    dropped_dm, dropped = mix("drop")
+    assert sum(len(ex.true_labels) > 1 for ex in kept) > 10 and kept_dm.multi_label_rows_dropped == {}
+    assert len(dropped) == len(kept) == 60
+    assert all(len(ex.true_labels) == 1 for ex in dropped)
+    full = read_benchmark("sem_eval_2018_ec", "train")
+    assert dropped_dm.multi_label_rows_dropped == {"sem_eval_2018_ec": sum(len(r.labels) > 1 for r in full.rows)}
+    assert all(ex.meta["multi_label"] for ex in dropped)  # the task stays multi-label; only the rows differ
+
+
+def test_drop_multi_label_rows_without_a_sample_takes_the_first_single_label_rows_and_a_bad_mode_is_refused():
+    split = read_benchmark("go_emotions", "train", limit=40, drop_multi_label_rows=True)
+    full = read_benchmark("go_emotions", "train")
+    single = [r.text for r in full.rows if len(r.labels) <= 1]
+    assert [r.text for r in split.rows] == single[:40] and split.multi_label
+    assert split.multi_label_dropped == len(full) - len(single) > 0
+    with pytest.raises(ValueError, match=r"multi_label_rows='first': choose one of \['keep', 'drop'\]"):
+        GLiClassDataModule(benchmarks=["trec"], multi_label_rows="first")
+
+
+def test_the_default_recipe_keeps_multi_label_rows(compose_cfg):
+    assert compose_cfg([]).data.multi_label_rows == "keep"
+    assert compose_cfg(["data.multi_label_rows=drop"]).data.multi_label_rows == "drop"

@@ -102,6 +102,8 @@ class BenchmarkSplit:
     rows: list[BenchmarkRow]
     # rows left out by `read_benchmark(exclude=...)` (near-duplicates of evaluation rows), before any sample
     excluded: int = 0
+    # rows with several true labels left out by `read_benchmark(drop_multi_label_rows=True)`, before any sample
+    multi_label_dropped: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -126,12 +128,15 @@ def read_benchmark(
     limit: int | None = None,
     sample_seed: int | str | None = None,
     exclude: Callable[[str], bool] | None = None,
+    drop_multi_label_rows: bool = False,
 ) -> BenchmarkSplit:
     """Read `<root>/<name>/<split>.jsonl`, checking every label against labels.json.
 
     `limit` keeps the first rows, or, with `sample_seed`, a seeded random sample of rows in file order (several
     files are sorted by label: the first 500 rows of imdb/test are all negative). `exclude(text)` True drops a
     row before the limit is applied (so a sample still has `limit` rows), counted in `.excluded`.
+    `drop_multi_label_rows` drops every row with more than one true label the same way, counted in
+    `.multi_label_dropped`; the split stays `multi_label` when such rows were read (its task is multi-label).
     """
     if name in NLI_DATASETS:
         raise ValueError(f"{name!r} holds premise/hypothesis pairs: read it with gliclass.data.nli.read_nli")
@@ -144,9 +149,15 @@ def read_benchmark(
         raise FileNotFoundError(f"{path} does not exist; {name!r} has splits {present}")
     labels = read_labels(name, root)
     known = set(labels)
-    head = limit if sample_seed is None and exclude is None else None
+    head = limit if sample_seed is None and exclude is None and not drop_multi_label_rows else None
     rows = [_parse_benchmark_row(row, where, known) for row, where in islice(iter_json_rows(path), head)]
     multi = name in MULTI_LABEL_DATASETS or any(len(r.labels) > 1 for r in rows)  # judged on every row read
+    multi_dropped = 0
+    if drop_multi_label_rows:
+        kept = [row for row in rows if len(row.labels) <= 1]
+        multi_dropped, rows = len(rows) - len(kept), kept
+        if sample_seed is None and exclude is None and limit is not None:
+            rows = rows[:limit]
     excluded = 0
     if exclude is not None:
         kept = [row for row in rows if not exclude(row.text)]
@@ -154,7 +165,7 @@ def read_benchmark(
         if sample_seed is None and limit is not None:
             rows = rows[:limit]
     rows = take(rows, limit, f"{sample_seed}:{name}:{split}")
-    return BenchmarkSplit(name, split, labels, multi, rows, excluded)
+    return BenchmarkSplit(name, split, labels, multi, rows, excluded, multi_dropped)
 
 
 def _origin(name: str) -> str:

@@ -45,6 +45,9 @@ from gliclass.processing import GLiClassProcessor
 
 log = logging.getLogger(__name__)
 
+# what the training mix does with benchmark rows that have several true labels (go_emotions, sem_eval_2018_ec, atis)
+MULTI_LABEL_ROWS = ("keep", "drop")
+
 
 @dataclass
 class BenchmarkSpec:
@@ -70,15 +73,29 @@ class BenchmarkSpec:
             raise ValueError(f"benchmark spec {spec}: source must be 'local' or 'hub'")
         return cls(spec["name"], spec.get("split") or default_split, spec.get("limit"), spec.get("source", "local"))
 
-    def load(self, data_dir: str | None, sample_seed: int | None, exclude=None) -> BenchmarkSplit:
-        """The split, sampled; `exclude(text)` True drops a row (locally before the sample, from the hub after)."""
+    def load(
+        self, data_dir: str | None, sample_seed: int | None, exclude=None, drop_multi_label_rows: bool = False
+    ) -> BenchmarkSplit:
+        """The split, sampled; `exclude(text)` True drops a row, and so does having several true labels when
+        `drop_multi_label_rows` (locally before the sample, from the hub after)."""
         if self.source == "hub":
             split = load_hub_benchmark(self.name, self.split, self.limit, sample_seed=sample_seed)
             if exclude is not None:
                 kept = [row for row in split.rows if not exclude(row.text)]
                 split.excluded, split.rows = len(split.rows) - len(kept), kept
+            if drop_multi_label_rows:
+                kept = [row for row in split.rows if len(row.labels) <= 1]
+                split.multi_label_dropped, split.rows = len(split.rows) - len(kept), kept
             return split
-        return read_benchmark(self.name, self.split, data_dir, self.limit, sample_seed, exclude=exclude)
+        return read_benchmark(
+            self.name,
+            self.split,
+            data_dir,
+            self.limit,
+            sample_seed,
+            exclude=exclude,
+            drop_multi_label_rows=drop_multi_label_rows,
+        )
 
 
 class GLiClassDataModule(LightningDataModule):
@@ -113,8 +130,15 @@ class GLiClassDataModule(LightningDataModule):
         protected_test_sets: Sequence[str] = PAPER_BENCHMARKS,
         holdout_families: Sequence[str] = (),
         rows_per_family: int | None = None,
+        multi_label_rows: str = "keep",
     ) -> None:
         super().__init__()
+        if multi_label_rows not in MULTI_LABEL_ROWS:
+            raise ValueError(
+                f"multi_label_rows={multi_label_rows!r}: choose one of {list(MULTI_LABEL_ROWS)} (keep: train on rows "
+                f"with several true labels as they are; drop: leave them out of the training mix)"
+            )
+        self.multi_label_rows = multi_label_rows
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         self.processor = processor
@@ -173,6 +197,8 @@ class GLiClassDataModule(LightningDataModule):
         self.exclude_near_duplicates = exclude_near_duplicates
         self.protected_test_sets = list(protected_test_sets)
         self.near_duplicates_dropped: dict[str, int] = {}
+        # per training set, its rows with several true labels left out by multi_label_rows=drop (before the sample)
+        self.multi_label_rows_dropped: dict[str, int] = {}
         self.train_examples: list[Example] | None = None
         self.val_examples: list[Example] | None = None
         self._eval: dict[str, BenchmarkSplit] | None = None
@@ -232,9 +258,22 @@ class GLiClassDataModule(LightningDataModule):
                 self._dropped(str(spec["path"]), len(rows) - len(kept))
                 rows = kept
             mix += rows
-        splits = [bench.load(self.data_dir, self.sample_seed, exclude=exclude) for bench in self.benchmarks]
+        drop_multi = self.multi_label_rows == "drop"
+        splits = [
+            bench.load(self.data_dir, self.sample_seed, exclude=exclude, drop_multi_label_rows=drop_multi)
+            for bench in self.benchmarks
+        ]
+        self.multi_label_rows_dropped = {}
         for split in splits:
             self._dropped(f"{split.name}/{split.split}", split.excluded)
+            if split.multi_label_dropped:
+                self.multi_label_rows_dropped[split.name] = split.multi_label_dropped
+                log.info(
+                    "%s/%s: %d rows with several labels left out (multi_label_rows=drop)",
+                    split.name,
+                    split.split,
+                    split.multi_label_dropped,
+                )
         for split in splits:
             # random negatives from the other training datasets' label sets
             foreign = [label for other in splits if other.name != split.name for label in other.labels]
